@@ -1,0 +1,1 @@
+"""centernet_jax: CenterNet and CornerNet in JAX/Flax."""

@@ -1,0 +1,142 @@
+"""Shared config sections and helpers.
+
+Every experiment file in ``configs/`` builds its ConfigDict from :func:`base_config` and overrides
+what differs, so every config carries every key (any config trains on any data source, and an
+unknown ``--config.x=y`` override fails loudly because configs are locked).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# COCO statistics in BGR order, applied after /255 (official CenterNet datasets/dataset/coco.py).
+COCO_MEAN_BGR = (0.40789654, 0.44719302, 0.47026115)
+COCO_STD_BGR = (0.28863828, 0.27408164, 0.27809835)
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses ``"a=1,b=x"`` (the part after ``:`` in ``--config file.py:arg``) into a ConfigDict.
+
+  Values take the type of the default of the same name; unknown names are an error.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  if not arg:
+    return out
+  for item in arg.split(','):
+    if not item:
+      continue
+    if '=' not in item:
+      raise ValueError(f'config argument {item!r} is not of the form name=value')
+    name, value = item.split('=', 1)
+    if name not in defaults:
+      raise ValueError(f'unknown config argument {name!r}; known: {sorted(defaults)}')
+    default = defaults[name]
+    if isinstance(default, bool):
+      out[name] = value.lower() in ('1', 'true', 'yes')
+    elif default is None:
+      out[name] = value
+    else:
+      out[name] = type(default)(value)
+  return out
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """The ``config.data`` section: source, paths, sizes, augmentation, normalisation."""
+  d = ml_collections.ConfigDict()
+  # 'coco_json' (instances json + image folder), 'tfds' (tfds_name) or 'shapes' (built-in).
+  d.source = 'shapes'
+  d.train_annotations = ''
+  d.train_images = ''
+  d.val_annotations = ''
+  d.val_images = ''
+  d.tfds_name = 'coco/2017'
+  d.tfds_data_dir = ''
+  d.tfds_train_split = 'train'
+  d.tfds_val_split = 'validation'
+  # Built-in shapes data set: generated once into shapes_dir (default: ~/.cache/centernet_jax).
+  d.shapes_dir = ''
+  d.shapes_num_train = 600
+  d.shapes_num_val = 100
+  d.shapes_image_size = 128
+  d.shapes_seed = 0
+  # Network input (square, training) and output stride.
+  d.input_size = 512
+  d.max_objs = 128  # official COCO value
+  # Official CenterNet trains on crowd boxes too (getAnnIds has no iscrowd filter).
+  d.train_on_crowd = False
+  # Augmentation (official ctdet defaults).
+  d.rand_crop = True  # scale from {0.6, ..., 1.3} + random centre; False = gaussian shift/scale
+  d.scale_min = 0.6
+  d.scale_max = 1.4
+  d.scale_step = 0.1
+  d.shift = 0.1  # used when rand_crop is False
+  d.scale = 0.4  # used when rand_crop is False
+  d.flip = 0.5
+  d.color_aug = True  # brightness/contrast/saturation 0.4 + PCA lighting 0.1
+  # Normalisation: official weights expect BGR and the COCO statistics.
+  d.channel_order = 'BGR'
+  d.mean = COCO_MEAN_BGR
+  d.std = COCO_STD_BGR
+  # Evaluation input: 'keep_res' pads each image to a multiple of (eval_pad + 1), centred
+  # (official, used for every reported number); 'fixed_res' warps to eval_size x eval_size.
+  d.eval_mode = 'keep_res'
+  d.eval_pad = 31
+  d.eval_size = 512
+  d.shuffle_buffer = 1024
+  d.num_parallel_calls = -1  # tf.data.AUTOTUNE
+  d.prefetch = 2
+  return d
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """A complete ctdet config with the official ResNet-18 COCO defaults."""
+  c = ml_collections.ConfigDict()
+  c.seed = 317  # official CenterNet seed
+  c.data = data_config()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.arch = 'resnet'
+  c.model.depth = 18
+  c.model.head_conv = 64  # official: 64 for res*, 256 for dla
+  c.model.down_ratio = 4
+  c.model.num_classes = -1  # -1: taken from the data set's categories at run time
+  c.model.dtype = 'float32'  # compute dtype; params stay float32
+  # 'subpixel': ConvTranspose 4x4/2 as one 3x3 conv + depth-to-space (same maths, fast weight
+  # gradient on every backend); 'conv_transpose': lax.conv_transpose.
+  c.model.upsample = 'subpixel'
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.hm_weight = 1.0
+  c.loss.wh_weight = 0.1
+  c.loss.off_weight = 1.0
+  c.loss.min_overlap = 0.7  # official CenterNet gaussian_radius overlap
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = -1.0  # -1: base_lr * batch_size / base_batch (official linear rule)
+  c.optim.base_lr = 1.25e-4
+  c.optim.base_batch = 32
+  c.optim.schedule = 'step'  # 'step' (official) or 'cosine'
+  c.optim.lr_steps = (90, 120)  # epochs at which lr is multiplied by 0.1
+  c.optim.warmup_steps = 0
+  c.optim.grad_clip = 0.0  # 0: off (official)
+  c.optim.weight_decay = 0.0  # official Adam has none
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 114  # global
+  c.train.num_epochs = 140
+  c.train.num_steps = -1  # >0 overrides num_epochs
+  c.train.log_every = 50
+  c.train.checkpoint_every = 2000
+  c.train.keep_checkpoints = 3
+  c.train.eval_every = -1  # -1: only at the end
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.K = 100
+  c.eval.flip_test = False
+  c.eval.batch_size = 1
+  c.eval.round_results = True  # official rounds bbox and score to 2 decimals
+  c.eval.num_images = -1  # -1: every image of the split
+
+  c.init = ''  # checkpoint to initialise from (backbone or all)
+  c.resume = ''  # checkpoint to resume from when the workdir has none
+  return c
