@@ -1,0 +1,279 @@
+"""COCO box evaluation with pycocotools, matching the official CenterNet test script.
+
+Detections are converted to the COCO results format the way official CenterNet does it
+(``datasets/dataset/coco.py: convert_eval_format``): contiguous label -> original category id,
+xyxy -> xywh, bbox and score rounded to 2 decimals. Evaluation runs over EVERY image of the
+ground truth by default, so images without detections count as misses (unlike evaluators that
+set ``imgIds`` to the images with detections, which inflates AP; PARITY 4.11).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+# Order of COCOeval.stats (the first nine entries).
+METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100')
+
+GroundTruth = str | os.PathLike | Mapping[str, Any] | COCO
+
+
+def _round2(x: float) -> float:
+  # Official CenterNet: float("{:.2f}".format(x)) for bbox values and score.
+  return float(f'{x:.2f}')
+
+
+def detections_to_coco(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    image_id: int,
+    category_ids: Sequence[int],
+    round_results: bool = True,
+) -> list[dict[str, Any]]:
+  """Converts one image's detections to COCO results entries.
+
+  Args:
+    boxes: [N, 4] xyxy boxes in original image pixels (float32 keeps official arithmetic).
+    scores: [N] scores.
+    labels: [N] int contiguous labels in [0, len(category_ids)).
+    image_id: the COCO image id.
+    category_ids: label -> original COCO category id (e.g. the 80 -> 90-id mapping).
+    round_results: round bbox values and score to 2 decimals like the official code.
+
+  Returns:
+    N dicts {'image_id': int, 'category_id': int, 'bbox': [x, y, w, h], 'score': float} of plain
+    Python numbers (json-serialisable), in input order.
+  """
+  boxes = np.asarray(boxes)
+  if not np.issubdtype(boxes.dtype, np.floating):
+    boxes = boxes.astype(np.float32)
+  boxes = boxes.reshape(-1, 4)
+  scores = np.asarray(scores).reshape(-1)
+  labels = np.asarray(labels).reshape(-1)
+  if not len(boxes) == len(scores) == len(labels):
+    raise ValueError(
+      f'boxes, scores and labels disagree in length: {len(boxes)}, {len(scores)}, {len(labels)}')
+  if labels.size and not np.issubdtype(labels.dtype, np.integer):
+    if not np.all(labels == np.round(labels)):
+      raise ValueError(f'labels must be integers, got {labels.dtype}')
+    labels = labels.astype(np.int64)
+  cat_table = np.asarray(category_ids, dtype=np.int64).reshape(-1)
+  bad = labels[(labels < 0) | (labels >= len(cat_table))]
+  if bad.size:
+    raise ValueError(
+      f'labels {sorted(set(bad.tolist()))} out of range for {len(cat_table)} category ids')
+
+  xywh = boxes.copy()
+  xywh[:, 2:] -= boxes[:, :2]  # In the boxes' own dtype, as the official float32 code.
+  fmt = _round2 if round_results else float
+  cats = cat_table[labels.astype(np.int64)].tolist()
+  return [
+    {'image_id': int(image_id), 'category_id': int(c), 'bbox': [fmt(v) for v in b],
+     'score': fmt(s)}
+    for b, s, c in zip(xywh.tolist(), scores.tolist(), cats, strict=True)
+  ]
+
+
+def _quiet(fn: Callable[[], Any]) -> tuple[Any, str]:
+  """Runs fn with stdout captured (pycocotools prints progress); returns (result, text)."""
+  buf = io.StringIO()
+  with contextlib.redirect_stdout(buf):
+    out = fn()
+  return out, buf.getvalue()
+
+
+def _gt_dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
+  """Validates a COCO gt dict and returns a copy with the fields pycocotools needs filled in."""
+  for key in ('images', 'categories'):
+    if key not in dataset:
+      raise ValueError(f'COCO ground truth lacks the {key!r} list')
+  images = list(dataset['images'])
+  image_ids = {img['id'] for img in images}
+  anns = [dict(a) for a in dataset.get('annotations') or []]
+  given = [a['id'] for a in anns if 'id' in a]
+  if len(set(given)) != len(given):
+    raise ValueError('COCO ground truth has duplicate annotation ids')
+  next_id = max(given, default=0) + 1
+  for a in anns:
+    if a['image_id'] not in image_ids:
+      raise ValueError(f'annotation {a.get("id")} refers to unknown image id {a["image_id"]}')
+    if 'id' not in a:
+      a['id'], next_id = next_id, next_id + 1
+    a.setdefault('iscrowd', 0)
+    if 'area' not in a:  # COCO's area is the mask area; the box area is the best stand-in.
+      a['area'] = float(a['bbox'][2]) * float(a['bbox'][3])
+  return {
+    **dataset,
+    'info': dict(dataset.get('info') or {}),
+    'licenses': list(dataset.get('licenses') or []),
+    'images': images,
+    'categories': [dict(c) for c in dataset['categories']],
+    'annotations': anns,
+  }
+
+
+def load_gt(gt: GroundTruth) -> COCO:
+  """Builds a pycocotools COCO object from a json path, a COCO-format dict or a COCO object.
+
+  A dict is copied (annotations shallowly), not written to disk and not modified; missing
+  'info'/'licenses'/'annotations', annotation 'iscrowd' (0), 'area' (box area) and 'id' are filled.
+
+  Args:
+    gt: path to a COCO instances json, a dict in COCO format, or a COCO object (returned as is).
+
+  Returns:
+    An indexed pycocotools COCO object.
+  """
+  if isinstance(gt, COCO):
+    return gt
+  if isinstance(gt, str | os.PathLike):
+    with open(gt) as f:
+      gt = json.load(f)
+  if not isinstance(gt, Mapping):
+    raise TypeError(f'gt must be a path, a COCO-format dict or a COCO object, got {type(gt)}')
+  coco = COCO()
+  coco.dataset = _gt_dataset(gt)
+  _quiet(coco.createIndex)
+  return coco
+
+
+def _clean_detections(coco_gt: COCO, detections: Iterable[Mapping[str, Any]]) -> list[dict]:
+  """Copies detections to plain dicts and checks their ids against the ground truth."""
+  out, bad_cats, bad_imgs = [], set(), set()
+  for i, d in enumerate(detections):
+    try:
+      det = {'image_id': int(d['image_id']), 'category_id': int(d['category_id']),
+             'bbox': [float(v) for v in d['bbox']], 'score': float(d['score'])}
+    except KeyError as e:
+      raise ValueError(f'detection {i} lacks key {e}; got {dict(d)}') from None
+    if len(det['bbox']) != 4:
+      raise ValueError(f'detection {i} bbox must be [x, y, w, h], got {d["bbox"]}')
+    if det['category_id'] not in coco_gt.cats:
+      bad_cats.add(det['category_id'])
+    if det['image_id'] not in coco_gt.imgs:
+      bad_imgs.add(det['image_id'])
+    out.append(det)
+  if bad_cats:
+    raise ValueError(
+      f'detections use category ids {sorted(bad_cats)[:20]} that are not in the ground truth '
+      f'(known: {sorted(coco_gt.cats)[:100]}); map contiguous labels with category_ids')
+  if bad_imgs:
+    raise ValueError(
+      f'detections use image ids {sorted(bad_imgs)[:20]} (of {len(bad_imgs)}) that are not in '
+      'the ground truth')
+  return out
+
+
+def _results_coco(coco_gt: COCO, dets: list[dict]) -> COCO:
+  """Same as ``coco_gt.loadRes(dets)`` for boxes, but accepts an empty list."""
+  anns = []
+  for i, d in enumerate(dets):
+    w, h = d['bbox'][2], d['bbox'][3]
+    anns.append({**d, 'area': w * h, 'id': i + 1, 'iscrowd': 0})
+  res = COCO()
+  res.dataset = {
+    'info': copy.deepcopy(coco_gt.dataset.get('info', {})),
+    'images': list(coco_gt.dataset['images']),
+    'categories': copy.deepcopy(coco_gt.dataset['categories']),
+    'annotations': anns,
+  }
+  _quiet(res.createIndex)
+  return res
+
+
+def evaluate_detections(
+    gt: GroundTruth,
+    detections: Sequence[Mapping[str, Any]] | str | os.PathLike,
+    image_ids: Iterable[int] | None = None,
+    log: Callable[[str], Any] | None = print,
+) -> dict[str, float]:
+  """COCO box AP/AR of detections with pycocotools (iouType 'bbox').
+
+  Args:
+    gt: ground truth, as accepted by :func:`load_gt`.
+    detections: COCO results entries ({'image_id', 'category_id' (original id), 'bbox' xywh,
+      'score'}), or the path of such a json list. Not modified. May be empty.
+    image_ids: images to evaluate; default every image of gt (images without detections count).
+      Detections on gt images outside this set are ignored, as pycocotools does.
+    log: called once with pycocotools' printed output (progress and the standard 12-line
+      summary); None to stay silent.
+
+  Returns:
+    {'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100'} as Python floats in [0, 1]
+    (COCOeval.stats order). As in pycocotools, a metric with no ground truth at all (e.g. APl
+    when there are no large objects) is -1.
+
+  Raises:
+    ValueError: detections with category or image ids absent from gt, or unknown image_ids.
+  """
+  coco_gt = load_gt(gt)
+  if isinstance(detections, str | os.PathLike):
+    with open(detections) as f:
+      detections = json.load(f)
+  dets = _clean_detections(coco_gt, detections)
+  if image_ids is None:
+    image_ids = sorted(coco_gt.getImgIds())
+  else:
+    image_ids = sorted({int(i) for i in image_ids})
+    unknown = [i for i in image_ids if i not in coco_gt.imgs]
+    if unknown:
+      raise ValueError(f'image_ids {unknown[:20]} are not in the ground truth')
+    if not image_ids:
+      raise ValueError('image_ids is empty')
+
+  coco_eval = COCOeval(coco_gt, _results_coco(coco_gt, dets), 'bbox')
+  coco_eval.params.imgIds = image_ids
+
+  def run():
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+
+  _, text = _quiet(run)
+  if log is not None:
+    log(f'COCO bbox evaluation: {len(dets)} detections on {len(image_ids)} images\n'
+        + text.rstrip('\n'))
+  return {name: float(v) for name, v in zip(METRIC_NAMES, coco_eval.stats, strict=False)}
+
+
+def _json_default(obj: Any) -> Any:
+  if isinstance(obj, np.integer):
+    return int(obj)
+  if isinstance(obj, np.floating):
+    return float(obj)
+  if isinstance(obj, np.bool_):
+    return bool(obj)
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  raise TypeError(f'{type(obj).__name__} is not JSON serialisable')
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
+  """Writes obj as json atomically (temporary file + os.replace), creating parent folders.
+
+  Numpy scalars and arrays are converted to Python numbers and lists.
+  """
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  tmp = f'{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
+  try:
+    with open(tmp, 'w') as f:
+      json.dump(obj, f, default=_json_default, indent=indent)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
