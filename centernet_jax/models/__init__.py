@@ -1,0 +1,67 @@
+"""CenterNet models (flax.linen) and the registry that builds them from ``config.model``.
+
+``MODELS[arch](**kwargs)`` returns a module with
+``__call__(images [B, H, W, 3], train: bool) -> [ {'hm': [B, h, w, C], 'wh': ..., 'reg': ...} ]``
+(one dict per stack, float32). Variables: 'params' (float32) and 'batch_stats'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+
+from centernet_jax.models import centernet, layers, resnet
+
+
+def _resnet_centernet(*, depth: int, heads, head_conv: int, dtype, upsample: str) -> nn.Module:
+  """Official msra_resnet CenterNet (res_18, res_101, ...): 3 up-convs of 256."""
+  return centernet.CenterNet(
+      backbone=resnet.resnet(depth, dtype=dtype), heads=heads, head_conv=head_conv,
+      neck_filters=(256, 256, 256), upsample=upsample, dtype=dtype)
+
+
+def _resnet_tiny_centernet(*, depth: int, heads, head_conv: int, dtype,
+                           upsample: str) -> nn.Module:
+  """A small (~10^4-10^5 parameter) CenterNet for tests and smoke runs (``depth`` is ignored)."""
+  del depth
+  return centernet.CenterNet(
+      backbone=resnet.TinyResNet(dtype=dtype), heads=heads, head_conv=head_conv,
+      neck_filters=(16, 16, 16), upsample=upsample, dtype=dtype)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    'resnet': _resnet_centernet,
+    'resnet_tiny': _resnet_tiny_centernet,
+}
+
+
+def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
+  """Builds the ctdet model described by ``config.model``.
+
+  Args:
+    model_cfg: keys arch ('resnet' | 'resnet_tiny'), depth, head_conv, down_ratio (must be 4),
+      num_classes (> 0; resolve -1 from the data set first), dtype ('float32' | 'bfloat16'),
+      upsample ('subpixel' | 'conv_transpose').
+
+  Returns:
+    An unbound flax module; heads hm (num_classes), wh (2), reg (2).
+  """
+  arch = model_cfg['arch']
+  if arch not in MODELS:
+    raise ValueError(f'unknown model arch {arch!r}; known: {sorted(MODELS)}')
+  if model_cfg['down_ratio'] != 4:
+    raise ValueError(f'down_ratio must be 4 (official CenterNet), got {model_cfg["down_ratio"]}')
+  num_classes = model_cfg['num_classes']
+  if num_classes <= 0:
+    raise ValueError(f'num_classes must be set (> 0), got {num_classes}')
+  upsample = model_cfg['upsample']
+  if upsample not in layers.UPSAMPLE_IMPLS:
+    raise ValueError(f'unknown upsample {upsample!r}; known: {layers.UPSAMPLE_IMPLS}')
+  heads = (('hm', num_classes), ('wh', 2), ('reg', 2))
+  return MODELS[arch](depth=model_cfg['depth'], heads=heads, head_conv=model_cfg['head_conv'],
+                      dtype=layers.resolve_dtype(model_cfg['dtype']), upsample=upsample)
+
+
+__all__ = ['MODELS', 'build_model']

@@ -1,0 +1,354 @@
+"""Tests of centernet_jax.models: shapes, parameter layout vs the official model, init, dtypes,
+and the two ConvTranspose formulations against a numpy oracle of PyTorch's definition."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from centernet_jax.config_lib import base_config
+from centernet_jax.models import build_model, heads, layers, resnet
+
+OFFICIAL = pathlib.Path('/work/shared/reference/official_state_dicts/res_18.json')
+
+
+def _model_cfg(**overrides):
+  cfg = base_config().model
+  cfg.num_classes = 80
+  for k, v in overrides.items():
+    cfg[k] = v
+  return cfg
+
+
+def _tiny_cfg(**overrides):
+  return _model_cfg(**{'arch': 'resnet_tiny', 'num_classes': 3, 'head_conv': 64, **overrides})
+
+
+def _count(tree) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
+
+
+def _abstract_variables(model, hw=(64, 64)):
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *hw, 3)), train=False))
+
+
+def _flat_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {tuple(k.key for k in path): tuple(x.shape) for path, x in flat}
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter layout and counts.
+
+
+def _official_to_ours(key: str, shape: list[int]):
+  """Official res_18 state_dict key/shape -> (our variable path, our shape); None to skip."""
+  parts = key.split('.')
+  leaf, path = parts[-1], parts[:-1]
+  if leaf == 'num_batches_tracked':
+    return None
+  if path[0] in ('conv1', 'bn1') or path[0].startswith('layer'):
+    path = ['backbone', *path]
+  if leaf in ('running_mean', 'running_var'):
+    return ('batch_stats', *path, leaf[len('running_'):]), tuple(shape)
+  if leaf == 'bias':
+    return ('params', *path, 'bias'), tuple(shape)
+  if len(shape) == 1:
+    return ('params', *path, 'scale'), tuple(shape)
+  if path[0] == 'deconv_layers':  # ConvTranspose2d weight (in, out, kh, kw)
+    cin, cout, kh, kw = shape
+  else:  # Conv2d weight (out, in, kh, kw)
+    cout, cin, kh, kw = shape
+  return ('params', *path, 'kernel'), (kh, kw, cin, cout)
+
+
+def test_res18_param_count_matches_official():
+  official = json.loads(OFFICIAL.read_text())
+  variables = _abstract_variables(build_model(_model_cfg()))
+  assert _count(variables['params']) == official['num_params'] == 15_820_372
+
+
+def test_res18_variables_map_one_to_one_onto_official_state_dict():
+  official = json.loads(OFFICIAL.read_text())
+  expected = dict(filter(None, (_official_to_ours(e['key'], e['shape'])
+                                for e in official['state_dict'])))
+  ours = _flat_shapes(_abstract_variables(build_model(_model_cfg())))
+  assert ours == expected
+
+
+# torchvision resnetN parameter counts minus the ImageNet classifier (fc).
+@pytest.mark.parametrize('depth,count', [
+    (18, 11_689_512 - 513_000), (34, 21_797_672 - 513_000), (50, 25_557_032 - 2_049_000),
+    (101, 44_549_160 - 2_049_000), (152, 60_192_808 - 2_049_000)])
+def test_backbone_param_counts_match_torchvision(depth, count):
+  backbone = resnet.resnet(depth)
+  variables = jax.eval_shape(
+      lambda: backbone.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  assert _count(variables['params']) == count
+
+
+def test_head_conv_zero_is_a_single_named_conv():
+  shapes = _flat_shapes(_abstract_variables(build_model(_model_cfg(head_conv=0)))['params'])
+  assert shapes[('hm', 'kernel')] == (1, 1, 256, 80)
+  assert shapes[('wh', 'bias')] == (2,)
+  assert not any(k[0] == 'reg' and k[1] in ('0', '2') for k in shapes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward passes. Initialisation compiles slowly on XLA:CPU (~0.2 s per random draw), so the tiny
+# model is initialised once and ResNet-18 runs on synthetic variables of the right shapes.
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  model = build_model(_tiny_cfg())
+  images = jnp.zeros((1, 64, 64, 3))
+  variables = jax.jit(model.init, static_argnames='train')(jax.random.key(0), images, train=False)
+  return model, variables
+
+
+def _synthetic_variables(model, hw=(64, 64)):
+  rng = np.random.default_rng(0)
+  abstract = _abstract_variables(model, hw)
+  params = jax.tree_util.tree_map(
+      lambda x: 0.05 * rng.standard_normal(x.shape).astype(np.float32), abstract['params'])
+  stats = jax.tree_util.tree_map(lambda x: np.ones(x.shape, np.float32), abstract['batch_stats'])
+  return {'params': params, 'batch_stats': stats}
+
+
+def _check_outputs(outputs, batch, hw, num_classes):
+  h, w = hw[0] // 4, hw[1] // 4
+  assert isinstance(outputs, list) and len(outputs) == 1
+  assert {k: (v.shape, v.dtype) for k, v in outputs[0].items()} == {
+      'hm': ((batch, h, w, num_classes), jnp.float32),
+      'wh': ((batch, h, w, 2), jnp.float32), 'reg': ((batch, h, w, 2), jnp.float32)}
+  assert all(bool(jnp.isfinite(v).all()) for v in outputs[0].values())
+
+
+@pytest.mark.parametrize('batch,hw', [(2, (64, 64)), (1, (64, 96))])
+def test_tiny_output_shapes(tiny, batch, hw):
+  model, variables = tiny
+  images = jax.random.normal(jax.random.key(1), (batch, *hw, 3))
+  outputs = jax.jit(model.apply, static_argnames='train')(variables, images, train=False)
+  _check_outputs(outputs, batch, hw, 3)
+
+
+def test_res18_output_shapes():
+  model = build_model(_model_cfg())
+  images = jax.random.normal(jax.random.key(1), (1, 64, 64, 3))
+  outputs = jax.jit(model.apply, static_argnames='train')(
+      _synthetic_variables(model), images, train=False)
+  _check_outputs(outputs, 1, (64, 64), 80)
+
+
+def test_backbone_feature_strides():
+  backbone = resnet.TinyResNet()
+  x = jnp.zeros((1, 64, 96, 3))
+  feats = jax.eval_shape(lambda: backbone.init_with_output(jax.random.key(0), x, train=False))[0]
+  assert [f.shape for f in feats] == [(1, 16, 24, 8), (1, 8, 12, 16), (1, 4, 6, 32),
+                                      (1, 2, 3, 64)]
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs(tiny):
+  m32, variables = tiny
+  m16 = build_model(_tiny_cfg(dtype='bfloat16'))
+  abstract = _abstract_variables(m16)
+  assert {x.dtype for x in jax.tree_util.tree_leaves(abstract)} == {jnp.dtype(jnp.float32)}
+  assert jax.tree_util.tree_structure(abstract) == jax.tree_util.tree_structure(variables)
+  images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+  out16 = jax.jit(m16.apply, static_argnames='train')(variables, images, train=False)[0]
+  out32 = jax.jit(m32.apply, static_argnames='train')(variables, images, train=False)[0]
+  for name in ('hm', 'wh', 'reg'):
+    assert out16[name].dtype == jnp.float32
+    scale = float(jnp.abs(out32[name]).max()) + 1e-3
+    np.testing.assert_allclose(out16[name], out32[name], atol=0.05 * scale)
+
+
+def test_train_mode_updates_batch_stats(tiny):
+  model, variables = tiny
+  images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+  apply = jax.jit(model.apply, static_argnames=('train', 'mutable'))
+  _, updates = apply(variables, images, train=True, mutable=('batch_stats',))
+  before = jax.tree_util.tree_leaves(variables['batch_stats'])
+  after = jax.tree_util.tree_leaves(updates['batch_stats'])
+  assert len(before) == len(after) == 2 * 15  # stem + 4 blocks x 2 + 3 projections + 3 neck BNs
+  assert all(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_upsample_formulations_agree_on_the_whole_model(tiny):
+  m_sub, variables = tiny
+  m_ct = build_model(_tiny_cfg(upsample='conv_transpose'))
+  assert _flat_shapes(_abstract_variables(m_ct)) == _flat_shapes(variables)
+  images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+  targets = jax.random.normal(jax.random.key(2), (2, 16, 16, 7))
+
+  def loss(params, model):
+    outs, _ = model.apply({**variables, 'params': params}, images, train=True,
+                          mutable=['batch_stats'])
+    return jnp.sum(jnp.concatenate(list(outs[0].values()), -1) * targets)
+
+  grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  l_sub, g_sub = grad(variables['params'], m_sub)
+  l_ct, g_ct = grad(variables['params'], m_ct)
+  np.testing.assert_allclose(l_sub, l_ct, rtol=1e-5)
+  jax.tree_util.tree_map(_assert_close_to_scale, g_sub, g_ct)
+
+
+def _assert_close_to_scale(a, b, tol=1e-5):
+  scale = float(np.abs(b).max()) + 1e-12
+  np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# ConvTranspose2d(4, stride 2, padding 1).
+
+
+def _numpy_conv_transpose(x: np.ndarray, w: np.ndarray, stride: int = 2, pad: int = 1):
+  """PyTorch ConvTranspose2d from its definition: out[o] += x[i] * w[k], o = i*s - p + k.
+
+  Args:
+    x: [B, H, W, Cin]; w: PyTorch weight [Cin, Cout, k, k].
+  """
+  b, h, wd, _ = x.shape
+  _, cout, k, _ = w.shape
+  ho, wo = (h - 1) * stride - 2 * pad + k, (wd - 1) * stride - 2 * pad + k
+  out = np.zeros((b, ho, wo, cout), np.float64)
+  for iy in range(h):
+    for ix in range(wd):
+      for ky in range(k):
+        for kx in range(k):
+          oy, ox = iy * stride - pad + ky, ix * stride - pad + kx
+          if 0 <= oy < ho and 0 <= ox < wo:
+            out[:, oy, ox] += x[:, iy, ix] @ w[:, :, ky, kx]
+  return out
+
+
+@pytest.mark.parametrize('impl', layers.UPSAMPLE_IMPLS)
+@pytest.mark.parametrize('shape', [(2, 5, 7, 3), (1, 1, 1, 2), (1, 4, 4, 6)])
+def test_conv_transpose_matches_numpy_oracle(impl, shape):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(shape).astype(np.float32)
+  w_torch = rng.standard_normal((shape[-1], 5, 4, 4)).astype(np.float32)  # (in, out, kh, kw)
+  kernel = w_torch.transpose(2, 3, 0, 1)  # documented layout: kernel[ky, kx, ci, co]
+  got = layers.conv_transpose_4x4_s2(jnp.asarray(x), jnp.asarray(kernel), impl)
+  assert got.shape == (shape[0], 2 * shape[1], 2 * shape[2], 5)
+  np.testing.assert_allclose(got, _numpy_conv_transpose(x, w_torch), rtol=1e-5, atol=1e-5)
+
+
+def test_upconv_formulations_same_params_values_and_gradients():
+  x = jax.random.normal(jax.random.key(1), (2, 6, 5, 16))
+  m_sub, m_ct = layers.UpConv(8, 'subpixel'), layers.UpConv(8, 'conv_transpose')
+  v = m_sub.init(jax.random.key(0), x)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, v, m_ct.init(jax.random.key(0), x))
+  v = {'params': {'kernel': jax.random.normal(jax.random.key(2), (4, 4, 16, 8))}}
+  targets = jax.random.normal(jax.random.key(3), (2, 12, 10, 8))
+
+  def loss(v, x, m):
+    return jnp.sum(m.apply(v, x) * targets)
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
+  (l_sub, g_sub), (l_ct, g_ct) = grad(v, x, m_sub), grad(v, x, m_ct)
+  np.testing.assert_allclose(l_sub, l_ct, rtol=1e-5)
+  jax.tree_util.tree_map(_assert_close_to_scale, g_sub, g_ct)
+
+
+def test_upconv_value_and_grad_cpu_timing(capsys):
+  """Reports the cost of one 32x32x256 -> 64x64x256 up-conv's value_and_grad per formulation."""
+  x = jax.random.normal(jax.random.key(1), (1, 32, 32, 256))
+  kernel = 0.01 * jax.random.normal(jax.random.key(2), (4, 4, 256, 256))
+  times = {}
+  for impl in layers.UPSAMPLE_IMPLS:
+    fn = jax.jit(jax.value_and_grad(
+        lambda x, k, impl=impl: jnp.sum(layers.conv_transpose_4x4_s2(x, k, impl) ** 2), (0, 1)))
+    jax.block_until_ready(fn(x, kernel))
+    start = time.perf_counter()
+    jax.block_until_ready(fn(x, kernel))
+    times[impl] = time.perf_counter() - start
+  with capsys.disabled():
+    print('\nvalue_and_grad, one up-conv 32x32x256 -> 64x64x256 on',
+          jax.devices()[0].platform, ', '.join(f'{k}: {v * 1e3:.0f} ms' for k, v in times.items()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisation.
+
+
+def test_bilinear_kernel_and_fill_up_init():
+  r = np.array([0.25, 0.75, 0.75, 0.25], np.float32)  # f = 2, c = 0.75
+  np.testing.assert_allclose(layers.bilinear_kernel(4), np.outer(r, r))
+  w = np.asarray(layers.fill_up_init(jax.random.key(0), (4, 4, 8, 8)))
+  # Official fill_up_weights fills w[c, 0] for every input c: our output channel 0 only.
+  np.testing.assert_allclose(w[:, :, :, 0], np.broadcast_to(np.outer(r, r)[:, :, None],
+                                                            (4, 4, 8)))
+  rest = w[:, :, :, 1:]
+  assert np.abs(rest).max() <= 1 / math.sqrt(8 * 16) and rest.std() > 0.05  # torch default
+
+
+def test_deconv_inits(tiny):
+  x = jnp.zeros((1, 4, 4, 64))
+  kernel = layers.UpConv(64).init(jax.random.key(0), x)['params']['kernel']
+  assert abs(float(kernel.std()) - 0.001) < 5e-5  # official msra_resnet N(0, 0.001)
+  params = tiny[1]['params']['deconv_layers']
+  assert sorted(params) == ['0', '1', '3', '4', '6', '7']
+  assert all(float(jnp.abs(params[i]['kernel']).max()) < 0.01 for i in ('0', '3', '6'))
+  assert all(np.array_equal(params[i]['scale'], np.ones(16)) for i in ('1', '4', '7'))
+
+
+def _init_head(name, num_outputs, head_conv, style, cin=64):
+  head = heads.Head(num_outputs, head_conv, 'hm' in name, style)
+  return head.init(jax.random.key(0), jnp.zeros((1, 4, 4, cin)))['params']
+
+
+def test_head_init_msra_style():
+  hm = _init_head('hm', 80, 256, 'msra')
+  np.testing.assert_array_equal(hm['2']['bias'], np.full(80, -2.19, np.float32))
+  assert float(jnp.abs(hm['2']['kernel']).max()) <= 1 / math.sqrt(256)  # torch default
+  wh = _init_head('wh', 2, 256, 'msra')
+  assert abs(float(wh['2']['kernel'].std()) - 0.001) < 1e-4
+  np.testing.assert_array_equal(wh['2']['bias'], np.zeros(2))
+  # The first conv is not touched by msra_resnet.init_weights: PyTorch default init.
+  bound = 1 / math.sqrt(64 * 9)
+  for p in (hm['0'], wh['0']):
+    assert float(jnp.abs(p['kernel']).max()) <= bound and float(p['kernel'].std()) > bound / 3
+    assert float(jnp.abs(p['bias']).max()) <= bound and float(jnp.abs(p['bias']).max()) > 0
+  # Official quirk: a conv with as many outputs as the head is touched too.
+  quirk = _init_head('wh', 8, 8, 'msra')
+  np.testing.assert_array_equal(quirk['0']['bias'], np.zeros(8))
+
+
+def test_head_init_fill_fc_style():
+  wh = _init_head('wh', 2, 256, 'fill_fc')
+  for p in (wh['0'], wh['2']):
+    assert abs(float(p['kernel'].std()) - 0.001) < 1e-4
+    np.testing.assert_array_equal(p['bias'], np.zeros_like(p['bias']))
+  hm = _init_head('hm', 80, 256, 'fill_fc')
+  np.testing.assert_array_equal(hm['2']['bias'], np.full(80, -2.19, np.float32))
+  assert float(jnp.abs(hm['0']['bias']).max()) > 0
+
+
+def test_model_head_init(tiny):
+  params = tiny[1]['params']
+  np.testing.assert_array_equal(params['hm']['2']['bias'], np.full(3, -2.19, np.float32))
+  for name in ('wh', 'reg'):
+    assert abs(float(params[name]['2']['kernel'].std()) - 0.001) < 2.5e-4
+    np.testing.assert_array_equal(params[name]['2']['bias'], np.zeros(2))
+    assert float(jnp.abs(params[name]['0']['bias']).max()) > 0  # PyTorch default, untouched
+
+
+# ----------------------------------------------------------------------------------------------
+# Config validation.
+
+
+@pytest.mark.parametrize('overrides', [
+    dict(arch='vgg'), dict(down_ratio=8), dict(num_classes=-1), dict(dtype='float64'),
+    dict(upsample='nearest'), dict(depth=20)])
+def test_build_model_rejects_bad_configs(overrides):
+  with pytest.raises(ValueError):
+    build_model(_model_cfg(**overrides))
