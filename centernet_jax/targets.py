@@ -121,22 +121,23 @@ def draw_gaussians(
     x = x.reshape((b, n_chunks, chunk) + x.shape[2:])
     return jnp.moveaxis(x, 1, 0)
 
-  seg = jnp.arange(b, dtype=jnp.int32)[:, None] * num_classes + jnp.clip(
-      labels.astype(jnp.int32), 0, num_classes - 1)
+  cls = jnp.clip(labels.astype(jnp.int32), 0, num_classes - 1)
   xs = (chunked(centers[..., 0].astype(jnp.int32)), chunked(centers[..., 1].astype(jnp.int32)),
-        chunked(radius.astype(jnp.int32)), chunked(seg), chunked(valid.astype(bool)))
+        chunked(radius.astype(jnp.int32)), chunked(cls), chunked(valid.astype(bool)))
+
+  def merge_one(hm_b, cx, cy, r, c, ok):  # one image: hm_b [C, h, w], objects [chunk]
+    g = _gaussian_1d(h, cy, r)[:, :, None] * _gaussian_1d(w, cx, r)[:, None, :]  # [chunk, h, w]
+    g = jnp.where((g < _GAUSSIAN_EPS) | ~ok[:, None, None], 0.0, g)
+    return hm_b.at[c].max(g)
 
   def merge(hm, x):
-    cx, cy, r, s, ok = (v.reshape(-1) for v in x)
-    gy = _gaussian_1d(h, cy, r)  # [N, h]
-    gx = _gaussian_1d(w, cx, r)  # [N, w]
-    g = gy[:, :, None] * gx[:, None, :]  # [N, h, w]
-    g = jnp.where((g < _GAUSSIAN_EPS) | ~ok[:, None, None], 0.0, g)
-    return hm.at[s].max(g), None
+    # vmap over images keeps the batch a scatter batching dimension, so a batch sharded over
+    # devices stays sharded (no cross-device scatter).
+    return jax.vmap(merge_one)(hm, *x), None
 
-  hm = jnp.zeros((b * num_classes, h, w), jnp.float32)
+  hm = jnp.zeros((b, num_classes, h, w), jnp.float32)
   hm, _ = jax.lax.scan(merge, hm, xs)
-  return hm.reshape(b, num_classes, h, w).transpose(0, 2, 3, 1)
+  return hm.transpose(0, 2, 3, 1)
 
 
 def ctdet_targets(

@@ -1,0 +1,351 @@
+"""COCO-format data: instances json + image folder -> checked records; TFDS coco/2017 conversion.
+
+Labels are contiguous (0..C-1) in the order of sorted category ids; ``category_ids[label]``
+gives the original id back (for COCO 2017: the official 80 -> 90-id ``_valid_ids``).
+
+Every problem in the input is reported with the file and the record it comes from. Malformed
+files, unknown categories, unknown images and missing image files are errors
+(:class:`DataError`, a ``ValueError``). Boxes with zero or negative width or height cannot be
+trained on or matched, so they are skipped, each with one warning naming the annotation id and
+the image file, and counted (``CocoData.num_degenerate``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+
+import numpy as np
+
+from centernet_jax.data import import_tf
+
+tf = import_tf()
+
+# The 80 categories of COCO 2014/2017 instances files, (id, name), sorted by id.
+COCO_2017_CATEGORIES = (
+    (1, 'person'), (2, 'bicycle'), (3, 'car'), (4, 'motorcycle'), (5, 'airplane'), (6, 'bus'),
+    (7, 'train'), (8, 'truck'), (9, 'boat'), (10, 'traffic light'), (11, 'fire hydrant'),
+    (13, 'stop sign'), (14, 'parking meter'), (15, 'bench'), (16, 'bird'), (17, 'cat'),
+    (18, 'dog'), (19, 'horse'), (20, 'sheep'), (21, 'cow'), (22, 'elephant'), (23, 'bear'),
+    (24, 'zebra'), (25, 'giraffe'), (27, 'backpack'), (28, 'umbrella'), (31, 'handbag'),
+    (32, 'tie'), (33, 'suitcase'), (34, 'frisbee'), (35, 'skis'), (36, 'snowboard'),
+    (37, 'sports ball'), (38, 'kite'), (39, 'baseball bat'), (40, 'baseball glove'),
+    (41, 'skateboard'), (42, 'surfboard'), (43, 'tennis racket'), (44, 'bottle'),
+    (46, 'wine glass'), (47, 'cup'), (48, 'fork'), (49, 'knife'), (50, 'spoon'), (51, 'bowl'),
+    (52, 'banana'), (53, 'apple'), (54, 'sandwich'), (55, 'orange'), (56, 'broccoli'),
+    (57, 'carrot'), (58, 'hot dog'), (59, 'pizza'), (60, 'donut'), (61, 'cake'), (62, 'chair'),
+    (63, 'couch'), (64, 'potted plant'), (65, 'bed'), (67, 'dining table'), (70, 'toilet'),
+    (72, 'tv'), (73, 'laptop'), (74, 'mouse'), (75, 'remote'), (76, 'keyboard'),
+    (77, 'cell phone'), (78, 'microwave'), (79, 'oven'), (80, 'toaster'), (81, 'sink'),
+    (82, 'refrigerator'), (84, 'book'), (85, 'clock'), (86, 'vase'), (87, 'scissors'),
+    (88, 'teddy bear'), (89, 'hair drier'), (90, 'toothbrush'))
+MAX_WARNINGS = 20  # per file; the rest are summarised in one line with the count
+
+
+class DataError(ValueError):
+  """Bad input data; the message names the file and the record."""
+
+
+@dataclasses.dataclass
+class ImageRecord:
+  """One image and its objects (boxes xyxy float32 pixels, contiguous labels)."""
+  image_id: int
+  file_name: str
+  path: str
+  width: int
+  height: int
+  boxes: np.ndarray  # [N, 4] float32 xyxy
+  labels: np.ndarray  # [N] int32
+  iscrowd: np.ndarray  # [N] bool
+
+
+@dataclasses.dataclass
+class CocoData:
+  """A checked COCO instances file with its images."""
+  ann_file: str
+  image_dir: str
+  category_ids: list[int]  # label -> original category id (sorted)
+  class_names: list[str]
+  images: list[ImageRecord]
+  num_degenerate: int = 0
+
+
+def read_json(path: str) -> dict:
+  """Reads a COCO instances json; errors name the file (and the position for bad JSON)."""
+  if not os.path.isfile(path):
+    raise DataError(f'annotation file not found: {path}')
+  with open(path, 'rb') as f:
+    raw = f.read()
+  try:
+    data = json.loads(raw)
+  except json.JSONDecodeError as e:
+    raise DataError(f'{path}: invalid JSON at line {e.lineno} column {e.colno} '
+                    f'(char {e.pos}): {e.msg}') from None
+  except UnicodeDecodeError as e:
+    raise DataError(f'{path}: not UTF-8 text (byte {e.start}): {e.reason}') from None
+  if not isinstance(data, dict):
+    raise DataError(f'{path}: top level is a {type(data).__name__}, expected an object with '
+                    "'images', 'annotations' and 'categories'")
+  missing = [k for k in ('images', 'annotations', 'categories') if k not in data]
+  if missing:
+    raise DataError(f'{path}: missing top-level key(s) {missing}; a COCO instances file has '
+                    "'images', 'annotations' and 'categories'")
+  for key in ('images', 'annotations', 'categories'):
+    if not isinstance(data[key], list):
+      raise DataError(f"{path}: '{key}' is a {type(data[key]).__name__}, expected a list")
+  return data
+
+
+def _field(path: str, what: str, rec, key: str, types):
+  if not isinstance(rec, dict):
+    raise DataError(f'{path}: {what} is a {type(rec).__name__}, expected an object')
+  if key not in rec:
+    raise DataError(f"{path}: {what} has no '{key}' field")
+  value = rec[key]
+  if not isinstance(value, types) or isinstance(value, bool):
+    raise DataError(f"{path}: {what} has '{key}' = {value!r} of type {type(value).__name__}")
+  return value
+
+
+def check_categories(path: str, data: dict) -> tuple[list[int], list[str]]:
+  """Category ids (sorted) and names; duplicate or malformed categories are errors."""
+  names = {}
+  for k, cat in enumerate(data['categories']):
+    cid = _field(path, f'categories[{k}]', cat, 'id', int)
+    name = _field(path, f'categories[{k}] (id {cid})', cat, 'name', str)
+    if cid in names:
+      raise DataError(f'{path}: category id {cid} appears twice in categories')
+    names[cid] = name
+  if not names:
+    raise DataError(f"{path}: 'categories' is empty")
+  ids = sorted(names)
+  return ids, [names[i] for i in ids]
+
+
+def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None = None,
+              check_files: bool = True) -> CocoData:
+  """Loads and checks a COCO instances file.
+
+  Args:
+    ann_file: path of the instances json.
+    image_dir: folder that ``images[*].file_name`` is relative to.
+    category_ids: label -> category id table to use (e.g. the training file's); the file's
+      own categories must be a subset. Default: this file's categories, sorted by id.
+    check_files: check up front that every image file exists.
+
+  Returns:
+    CocoData with one ImageRecord per entry of 'images' (same order; images without objects
+    are kept, as in the official code). Evaluation reads ``ann_file`` itself with pycocotools.
+  """
+  data = read_json(ann_file)
+  file_ids, file_names = check_categories(ann_file, data)
+  if category_ids is None:
+    category_ids, class_names = file_ids, file_names
+  else:
+    unknown = sorted(set(file_ids) - set(category_ids))
+    if unknown:
+      raise DataError(f'{ann_file}: category ids {unknown} are not among the training '
+                      f'categories {list(category_ids)}')
+    class_names = None
+  label_of = {cid: i for i, cid in enumerate(category_ids)}
+
+  images, by_id = [], {}
+  for k, img in enumerate(data['images']):
+    image_id = _field(ann_file, f'images[{k}]', img, 'id', int)
+    what = f'images[{k}] (id {image_id})'
+    file_name = _field(ann_file, what, img, 'file_name', str)
+    width, height = img.get('width', 0), img.get('height', 0)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (width, height)):
+      raise DataError(f"{ann_file}: {what} ({file_name}) has 'width'/'height' = "
+                      f'{width!r}/{height!r}; expected numbers')
+    if image_id in by_id:
+      raise DataError(f'{ann_file}: image id {image_id} appears twice ({file_name})')
+    rec = ImageRecord(image_id, file_name, os.path.join(image_dir, file_name), int(width),
+                      int(height), [], [], [])
+    by_id[image_id] = rec
+    images.append(rec)
+
+  num_degenerate = 0
+  seen_ann_ids = set()
+  for k, ann in enumerate(data['annotations']):
+    ann_id = _field(ann_file, f'annotations[{k}]', ann, 'id', int)
+    what = f'annotation id {ann_id}'
+    if ann_id in seen_ann_ids:
+      raise DataError(f'{ann_file}: annotation id {ann_id} appears twice')
+    seen_ann_ids.add(ann_id)
+    image_id = _field(ann_file, what, ann, 'image_id', int)
+    rec = by_id.get(image_id)
+    if rec is None:
+      raise DataError(f'{ann_file}: {what} refers to image id {image_id}, which is not in '
+                      "'images'")
+    what = f'{what} (image {rec.file_name})'
+    cid = _field(ann_file, what, ann, 'category_id', int)
+    if cid not in label_of:
+      raise DataError(f'{ann_file}: {what} has category_id {cid}, which is not in '
+                      f"'categories' (ids {list(category_ids)})")
+    bbox = _field(ann_file, what, ann, 'bbox', list)
+    if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                 and math.isfinite(v) for v in bbox):
+      raise DataError(f"{ann_file}: {what} has 'bbox' = {bbox!r}; expected 4 finite numbers "
+                      '[x, y, width, height]')
+    x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0:
+      num_degenerate += 1
+      if num_degenerate <= MAX_WARNINGS:
+        logging.warning('%s: skipping %s: bbox %s has zero or negative width or height',
+                        ann_file, what, bbox)
+      continue
+    rec.boxes.append((x, y, x + w, y + h))
+    rec.labels.append(label_of[cid])
+    rec.iscrowd.append(bool(ann.get('iscrowd', 0)))
+  if num_degenerate > MAX_WARNINGS:
+    logging.warning('%s: skipped %d annotations with zero or negative width or height in all '
+                    '(the first %d are listed above)', ann_file, num_degenerate, MAX_WARNINGS)
+
+  for rec in images:
+    rec.boxes = np.asarray(rec.boxes, np.float32).reshape(-1, 4)
+    rec.labels = np.asarray(rec.labels, np.int32)
+    rec.iscrowd = np.asarray(rec.iscrowd, bool)
+  if check_files:
+    check_image_files(ann_file, images)
+
+  if class_names is None:
+    names = dict(zip(file_ids, file_names, strict=True))
+    class_names = [names.get(cid, str(cid)) for cid in category_ids]
+  return CocoData(ann_file, image_dir, list(category_ids), class_names, images, num_degenerate)
+
+
+def check_image_files(ann_file: str, images: list[ImageRecord]) -> None:
+  """Raises DataError naming the missing image files (first 10 and the count)."""
+  missing = [r for r in images if not os.path.isfile(r.path)]
+  if missing:
+    listed = '\n  '.join(f'{r.path} (image id {r.image_id})' for r in missing[:10])
+    more = f'\n  ... and {len(missing) - 10} more' if len(missing) > 10 else ''
+    raise DataError(f'{ann_file}: {len(missing)} of {len(images)} image files not found:\n  '
+                    f'{listed}{more}')
+
+
+# --- TFDS coco/2017 ------------------------------------------------------------------------
+
+
+def _norm_name(name: str) -> str:
+  return name.strip().lower().replace('_', ' ')
+
+
+def tfds_category_ids(label_names: list[str]) -> list[int]:
+  """Original COCO category id of each TFDS ``objects/label`` class (by name).
+
+  TFDS stores the labels in the order of the instances file's categories (sorted by id), with
+  the category names. Without names (``tfds.testing.mock_data`` builds the features from code:
+  the names are '0'..'79') that order is used.
+  """
+  table = {_norm_name(n): i for i, n in COCO_2017_CATEGORIES}
+  if len(label_names) == len(COCO_2017_CATEGORIES) and all(n.isdigit() for n in label_names):
+    return [COCO_2017_CATEGORIES[int(n)][0] for n in label_names]
+  unknown = [n for n in label_names if _norm_name(n) not in table]
+  if unknown:
+    raise DataError(f'TFDS label names {unknown} are not COCO 2017 category names')
+  return [table[_norm_name(n)] for n in label_names]
+
+
+def tfds_objects_to_pixels(objects: dict, height, width, label_map):
+  """Converts TFDS coco ``objects`` to pixel boxes and contiguous labels (tf ops).
+
+  Args:
+    objects: dict with 'bbox' [N, 4] float32 normalised (ymin, xmin, ymax, xmax), 'label' [N]
+      TFDS class index, 'is_crowd' [N] bool (optional).
+    height, width: image size (scalars).
+    label_map: [num_tfds_classes] int32, TFDS class -> contiguous label.
+
+  Returns:
+    dict(boxes [M, 4] float32 xyxy pixels, labels [M] int32, iscrowd [M] bool, area [M]
+    float32 (if ``objects`` has 'area'), num_degenerate [] int32): boxes with zero or negative
+    width or height (in pixels) are dropped and counted.
+  """
+  bbox = tf.reshape(tf.cast(objects['bbox'], tf.float32), [-1, 4])
+  h = tf.cast(height, tf.float32)
+  w = tf.cast(width, tf.float32)
+  boxes = tf.stack([bbox[:, 1] * w, bbox[:, 0] * h, bbox[:, 3] * w, bbox[:, 2] * h], axis=1)
+  labels = tf.gather(tf.constant(label_map, tf.int32), tf.cast(objects['label'], tf.int32))
+  iscrowd = objects.get('is_crowd')
+  iscrowd = tf.zeros_like(labels, tf.bool) if iscrowd is None else tf.cast(iscrowd, tf.bool)
+  keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+  out = {'boxes': tf.boolean_mask(boxes, keep), 'labels': tf.boolean_mask(labels, keep),
+         'iscrowd': tf.boolean_mask(iscrowd, keep),
+         'num_degenerate': tf.reduce_sum(tf.cast(tf.logical_not(keep), tf.int32))}
+  if 'area' in objects:
+    out['area'] = tf.boolean_mask(tf.cast(objects['area'], tf.float32), keep)
+  return out
+
+
+def tfds_as_dataset(builder, split: str, *, shuffle_seed: int | None = None):
+  """Records with the image left encoded (decoded later, or never for skipped records)."""
+  import tensorflow_datasets as tfds
+
+  options = tf.data.Options()
+  options.deterministic = True
+  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, options=options)
+  try:
+    return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
+                              decoders={'image': tfds.decode.SkipDecoding()},
+                              read_config=read_config)
+  except (AssertionError, ValueError, KeyError, OSError, tf.errors.NotFoundError) as e:
+    raise DataError(
+        f'cannot read split {split!r} of TFDS data set {builder.name} from {builder.data_dir} '
+        f'({type(e).__name__}: {e}); prepare it first (tfds build {builder.name} '
+        '--data_dir=DIR) and set config.data.tfds_data_dir=DIR') from None
+
+
+def tfds_num_examples(builder, split: str) -> int:
+  """Number of records of a split (from the metadata; counted if the metadata lacks it)."""
+  try:
+    return int(builder.info.splits[split].num_examples)
+  except (KeyError, ValueError):
+    pass
+  ds = tfds_as_dataset(builder, split)
+  n = int(ds.cardinality())
+  return n if n >= 0 else int(ds.reduce(0, lambda count, _: count + 1))
+
+
+def tfds_val_gt(builder, split: str, label_map: np.ndarray, category_ids: list[int],
+                class_names: list[str]) -> tuple[dict, int]:
+  """A TFDS split as a COCO instances dict, for pycocotools.
+
+  Args:
+    builder: TFDS coco builder.
+    split: split name.
+    label_map: [num_tfds_classes] TFDS class -> contiguous label.
+    category_ids: contiguous label -> original COCO category id.
+    class_names: category names, same order.
+
+  Returns:
+    (dict with 'images' (id, width, height, file_name), 'annotations' (original category id,
+    bbox xywh pixels, TFDS 'area', iscrowd) and 'categories'; number of dropped degenerate
+    boxes). Images are read as bytes; only PNGs are decoded (for their size).
+  """
+
+  def convert(ex):
+    contents = ex['image']
+    hw = tf.cond(tf.io.is_jpeg(contents), lambda: tf.image.extract_jpeg_shape(contents)[:2],
+                 lambda: tf.shape(tf.io.decode_image(contents, expand_animations=False))[:2])
+    objs = tfds_objects_to_pixels(ex['objects'], hw[0], hw[1], label_map)
+    return dict(objs, id=ex['image/id'], hw=hw, file_name=ex['image/filename'])
+
+  ds = tfds_as_dataset(builder, split).map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+  images, anns, num_degenerate = [], [], 0
+  for ex in ds.as_numpy_iterator():
+    image_id = int(ex['id'])
+    images.append({'id': image_id, 'height': int(ex['hw'][0]), 'width': int(ex['hw'][1]),
+                   'file_name': ex['file_name'].decode()})
+    num_degenerate += int(ex['num_degenerate'])
+    for box, label, crowd, area in zip(ex['boxes'], ex['labels'], ex['iscrowd'], ex['area'],
+                                       strict=True):
+      x1, y1, x2, y2 = (float(v) for v in box)
+      anns.append({'id': len(anns) + 1, 'image_id': image_id,
+                   'category_id': int(category_ids[label]), 'bbox': [x1, y1, x2 - x1, y2 - y1],
+                   'area': float(area), 'iscrowd': int(crowd)})
+  cats = [{'id': int(c), 'name': n} for c, n in zip(category_ids, class_names, strict=True)]
+  return {'images': images, 'annotations': anns, 'categories': cats}, num_degenerate

@@ -1,0 +1,337 @@
+"""TensorFlow ops for CenterNet pre-processing, run inside ``tf.data`` (PARITY 4.3 and 4.5).
+
+Training (official ``datasets/sample/ctdet.py``): random scale and centre (or the gaussian
+``not_rand_crop`` variant), horizontal flip before the warp, ONE bilinear affine warp onto the
+square input canvas (zero border, as ``cv2.warpAffine``), colour jitter + PCA lighting on
+[0, 1] floats, channel order, mean/std. Boxes go through the same affine and stay in input
+pixels, unclipped: the on-device target code divides by ``down_ratio`` and clips.
+
+Evaluation (official ``detectors/base_detector.py``): ``keep_res`` centre-pads to
+``(H | pad) + 1`` x ``(W | pad) + 1`` with ``c = (W // 2, H // 2)``, ``s = (inp_w, inp_h)``;
+``fixed_res`` warps with ``c`` = image centre, ``s = max(H, W)`` onto ``size`` x ``size``.
+
+All randomness is stateless (``tf.random.stateless_*``) and derived from one ``[2]`` int64 seed
+per element, so a stream is reproducible whatever the parallelism.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from centernet_jax.data import import_tf
+
+tf = import_tf()
+
+# PCA lighting statistics of COCO, BGR channel order (official datasets/dataset/coco.py).
+EIGVAL = np.array([0.2141788, 0.01817699, 0.00341571], np.float32)
+EIGVEC = np.array([[-0.58752847, -0.69563484, 0.41340352],
+                   [-0.5832747, 0.00994535, -0.81221408],
+                   [-0.56089297, 0.71832671, 0.41158938]], np.float32)
+GRAY_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # cv2.COLOR_BGR2GRAY weights
+COLOR_VAR = 0.4  # official brightness/contrast/saturation range: alpha = 1 + U(-0.4, 0.4)
+LIGHTING_STD = 0.1  # official PCA lighting alpha std
+BORDER = 128  # official _get_border(128, size)
+
+
+# --- Affine maths ----------------------------------------------------------------------------
+
+
+def get_affine_transform(center, scale, output_size, inv: bool = False):
+  """tf twin of ``centernet_jax.boxes.get_affine_transform`` (rot = 0, shift = 0).
+
+  For rot = 0 the official three-point construction is a uniform zoom ``k = out_w / scale[0]``
+  about the centre: ``x' = k (x - cx) + out_w / 2`` and ``y' = k (y - cy) + out_h / 2``.
+
+  Args:
+    center: [2] (x, y) crop centre in source pixels.
+    scale: scalar or [2] (w, h) crop size in source pixels; only ``scale[0]`` sets the zoom.
+    output_size: (w, h) of the destination canvas (ints or scalar tensors).
+    inv: return the destination -> source map instead.
+
+  Returns:
+    [2, 3] float32 affine matrix.
+  """
+  center = tf.cast(center, tf.float32)
+  src_w = tf.reshape(tf.cast(scale, tf.float32), [-1])[0]
+  out_w = tf.cast(output_size[0], tf.float32)
+  out_h = tf.cast(output_size[1], tf.float32)
+  k = out_w / src_w
+  zero = tf.zeros([], tf.float32)
+  if inv:
+    ik = 1.0 / k
+    return tf.stack([tf.stack([ik, zero, center[0] - out_w * 0.5 * ik]),
+                     tf.stack([zero, ik, center[1] - out_h * 0.5 * ik])])
+  return tf.stack([tf.stack([k, zero, out_w * 0.5 - k * center[0]]),
+                   tf.stack([zero, k, out_h * 0.5 - k * center[1]])])
+
+
+def compose_affine(outer, inner):
+  """[2, 3] matrix of ``outer(inner(p))``."""
+  a = tf.matmul(outer[:, :2], inner[:, :2])
+  t = tf.linalg.matvec(outer[:, :2], inner[:, 2]) + outer[:, 2]
+  return tf.concat([a, t[:, None]], axis=1)
+
+
+def invert_affine(trans):
+  """Inverse of an invertible [2, 3] affine matrix."""
+  a = tf.linalg.inv(trans[:, :2])
+  return tf.concat([a, -tf.linalg.matvec(a, trans[:, 2])[:, None]], axis=1)
+
+
+def hflip_affine(width):
+  """[2, 3] matrix of the horizontal mirror x -> W - 1 - x (official ``img[:, ::-1]``)."""
+  w = tf.cast(width, tf.float32)
+  return tf.stack([tf.stack([-1.0, 0.0, w - 1.0]), tf.constant([0.0, 1.0, 0.0])])
+
+
+def warp_affine(image, trans, out_hw):
+  """Bilinear warp with zero border, ``dst(p) = src(trans^-1 p)`` (``cv2.warpAffine`` maths).
+
+  Pixel centres sit at integer coordinates in both images (cv2 and tf agree on this).
+
+  Args:
+    image: [H, W, C] float32.
+    trans: [2, 3] source -> destination affine.
+    out_hw: (h, w) of the output.
+
+  Returns:
+    [h, w, C] float32.
+  """
+  inv = tf.reshape(invert_affine(tf.cast(trans, tf.float32)), [6])
+  transform = tf.concat([inv, tf.zeros([2], tf.float32)], axis=0)[None]
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=image[None], transforms=transform, output_shape=tf.cast(out_hw, tf.int32),
+      fill_value=0.0, interpolation='BILINEAR', fill_mode='CONSTANT')
+  return out[0]
+
+
+def affine_boxes(boxes, trans):
+  """Maps xyxy boxes [N, 4] through a [2, 3] affine (corners, then min/max) -> [N, 4]."""
+  pts = tf.reshape(boxes, [-1, 2, 2])
+  pts = tf.einsum('nkj,ij->nki', pts, trans[:, :2]) + trans[:, 2]
+  return tf.concat([tf.reduce_min(pts, axis=1), tf.reduce_max(pts, axis=1)], axis=1)
+
+
+def hflip_boxes(boxes, width):
+  """Official box flip: x1, x2 = W - x2 - 1, W - x1 - 1."""
+  w = tf.cast(width, tf.float32)
+  return tf.stack([w - boxes[:, 2] - 1, boxes[:, 1], w - boxes[:, 0] - 1, boxes[:, 3]], axis=1)
+
+
+# --- Training ----------------------------------------------------------------------------------
+
+
+def get_border(size, border: int = BORDER):
+  """Official ``_get_border``: halve ``border`` until ``size - b > b``; [] int32."""
+  cands = [border >> k for k in range(border.bit_length())] + [0]
+  cands = tf.constant(cands, tf.int32)
+  ok = tf.cast(size, tf.int32) > 2 * cands
+  return tf.gather(cands, tf.argmax(tf.cast(ok, tf.int32)))
+
+
+def random_crop(seed, height, width, *, scale_choices: Sequence[float], rand_crop: bool,
+                shift: float, scale: float):
+  """Random crop centre and size (official ctdet training).
+
+  Args:
+    seed: [2] int64 stateless seed.
+    height, width: scalar int tensors, image size.
+    scale_choices: official ``np.arange(0.6, 1.4, 0.1)``; used when ``rand_crop``.
+    rand_crop: True: ``s = max(H, W) * choice``, centre ~ randint(border, size - border);
+      False: gaussian ``c += s * clip(N * shift, +-2 shift)``, ``s *= clip(N * scale + 1)``.
+    shift, scale: the ``not_rand_crop`` parameters.
+
+  Returns:
+    center [2] float32, s [] float32.
+  """
+  h = tf.cast(height, tf.int32)
+  w = tf.cast(width, tf.int32)
+  s = tf.cast(tf.maximum(h, w), tf.float32)
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  if rand_crop:
+    choices = tf.constant(np.asarray(scale_choices, np.float32))
+    i = tf.random.stateless_uniform([], seeds[0], 0, tf.shape(choices)[0], dtype=tf.int32)
+    s = s * choices[i]
+    bw, bh = get_border(w), get_border(h)
+    cx = tf.random.stateless_uniform([], seeds[1], bw, w - bw, dtype=tf.int32)
+    cy = tf.random.stateless_uniform([], seeds[2], bh, h - bh, dtype=tf.int32)
+    return tf.cast(tf.stack([cx, cy]), tf.float32), s
+  n = tf.random.stateless_normal([3], seeds[0])
+  center = tf.cast(tf.stack([w, h]), tf.float32) / 2.0
+  center += s * tf.clip_by_value(n[:2] * shift, -2 * shift, 2 * shift)
+  s = s * tf.clip_by_value(n[2] * scale + 1, 1 - scale, 1 + scale)
+  return center, s
+
+
+def color_augment(image, seed, bgr: bool = True):
+  """Official ``color_aug``: brightness, contrast, saturation in random order, then PCA lighting.
+
+  Each jitter uses ``alpha = 1 + U(-0.4, 0.4)``; contrast blends with the mean of the grayscale
+  image, saturation with the grayscale image (both computed once, before the jitters, as in
+  the official code). No clipping (official).
+
+  Args:
+    image: [H, W, 3] float32 in [0, 1], channels BGR if ``bgr`` else RGB.
+    seed: [2] int64 stateless seed.
+    bgr: channel order of ``image``; the grayscale weights and the lighting vector follow it.
+
+  Returns:
+    [H, W, 3] float32.
+  """
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  gray_w = GRAY_BGR if bgr else GRAY_BGR[::-1]
+  gs = tf.tensordot(image, tf.constant(gray_w), axes=[[2], [0]])[..., None]
+  gs_mean = tf.reduce_mean(gs)
+  alphas = 1.0 + tf.random.stateless_uniform([3], seeds[0], -COLOR_VAR, COLOR_VAR)
+  order = tf.argsort(tf.random.stateless_uniform([3], seeds[1]))
+  # Each jitter is image <- a * image + (1 - a) * ref with ref = 0 (brightness), gs_mean
+  # (contrast) or gs (saturation); written branch-free.
+  for p in range(3):
+    j = order[p]
+    a = tf.gather(alphas, j)
+    w_mean = tf.where(tf.equal(j, 1), 1.0 - a, 0.0)
+    w_gray = tf.where(tf.equal(j, 2), 1.0 - a, 0.0)
+    image = a * image + w_mean * gs_mean + w_gray * gs
+  alpha = tf.random.stateless_normal([3], seeds[2]) * LIGHTING_STD
+  delta = tf.linalg.matvec(tf.constant(EIGVEC), tf.constant(EIGVAL) * alpha)
+  if not bgr:
+    delta = delta[::-1]
+  return image + delta
+
+
+def normalize(image, mean: Sequence[float], std: Sequence[float]):
+  """(image - mean) / std over the last axis (statistics in the image's channel order)."""
+  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def to_channel_order(image, channel_order: str):
+  """RGB [..., 3] -> 'BGR' (reversed) or 'RGB' (unchanged)."""
+  if channel_order not in ('BGR', 'RGB'):
+    raise ValueError(f"channel_order must be 'BGR' or 'RGB', got {channel_order!r}")
+  return image[..., ::-1] if channel_order == 'BGR' else image
+
+
+def pad_objects(boxes, labels, max_objs: int, canvas_hw):
+  """Pads / truncates objects to ``max_objs`` with a mask.
+
+  Objects that stay visible on the canvas are kept first (stable order), so truncation drops
+  objects the crop removed before visible ones.
+
+  Args:
+    boxes: [N, 4] float32 xyxy on the canvas.
+    labels: [N] int32.
+    max_objs: padded length.
+    canvas_hw: (h, w) of the canvas.
+
+  Returns:
+    boxes [max_objs, 4] float32, labels [max_objs] int32, mask [max_objs] float32.
+  """
+  h = tf.cast(canvas_hw[0], tf.float32)
+  w = tf.cast(canvas_hw[1], tf.float32)
+  vis_w = tf.minimum(boxes[:, 2], w - 1) - tf.maximum(boxes[:, 0], 0.0)
+  vis_h = tf.minimum(boxes[:, 3], h - 1) - tf.maximum(boxes[:, 1], 0.0)
+  hidden = tf.cast(tf.logical_not((vis_w > 0) & (vis_h > 0)), tf.int32)
+  order = tf.argsort(hidden, stable=True)[:max_objs]
+  boxes = tf.gather(boxes, order)
+  labels = tf.gather(tf.cast(labels, tf.int32), order)
+  k = tf.shape(order)[0]
+  boxes = tf.pad(boxes, [[0, max_objs - k], [0, 0]])
+  labels = tf.pad(labels, [[0, max_objs - k]])
+  mask = tf.sequence_mask(k, max_objs, dtype=tf.float32)
+  boxes.set_shape([max_objs, 4])
+  labels.set_shape([max_objs])
+  return boxes, labels, mask
+
+
+def train_transform(image, boxes, labels, seed, *, input_size: int, max_objs: int,
+                    scale_choices: Sequence[float], rand_crop: bool = True, shift: float = 0.1,
+                    scale: float = 0.4, flip: float = 0.5, color_aug: bool = True,
+                    channel_order: str = 'BGR', mean: Sequence[float] = (0.0, 0.0, 0.0),
+                    std: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
+  """Official ctdet training pre-processing of one image.
+
+  Args:
+    image: [H, W, 3] uint8 RGB.
+    boxes: [N, 4] float32 xyxy pixels.
+    labels: [N] int32 contiguous labels.
+    seed: [2] int64 stateless seed of this element.
+    input_size: side S of the square network input.
+    max_objs: objects padded / truncated to this.
+    (others: see ``config_lib.data_config``.)
+
+  Returns:
+    dict(image [S, S, 3] float32 normalised, boxes [max_objs, 4] float32 xyxy in input pixels
+    (unclipped), labels [max_objs] int32, mask [max_objs] float32).
+  """
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  center, s = random_crop(seeds[0], height, width, scale_choices=scale_choices,
+                          rand_crop=rand_crop, shift=shift, scale=scale)
+  flipped = tf.random.stateless_uniform([], seeds[1]) < flip
+  w_f = tf.cast(width, tf.float32)
+  center = tf.where(flipped, tf.stack([w_f - center[0] - 1, center[1]]), center)
+  trans = get_affine_transform(center, s, (input_size, input_size))
+  # The official code mirrors the image, then warps: one resample with trans o mirror.
+  trans_img = tf.where(flipped, compose_affine(trans, hflip_affine(width)), trans)
+  boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
+  boxes = tf.where(flipped, hflip_boxes(boxes, width), boxes)
+
+  inp = warp_affine(tf.cast(image, tf.float32), trans_img, (input_size, input_size))
+  inp = tf.round(inp) / 255.0  # the official warp outputs uint8
+  inp = to_channel_order(inp, channel_order)
+  if color_aug:
+    inp = color_augment(inp, seeds[2], bgr=channel_order == 'BGR')
+  inp = normalize(inp, mean, std)
+  inp.set_shape([input_size, input_size, 3])
+
+  boxes, labels, mask = pad_objects(affine_boxes(boxes, trans), labels, max_objs,
+                                    (input_size, input_size))
+  return {'image': inp, 'boxes': boxes, 'labels': labels, 'mask': mask}
+
+
+# --- Evaluation ----------------------------------------------------------------------------
+
+
+def eval_transform(image, *, mode: str = 'keep_res', pad: int = 31, size: int = 512,
+                   channel_order: str = 'BGR') -> dict:
+  """Official test pre-processing of one image, before mean/std (applied after batching).
+
+  Args:
+    image: [H, W, 3] uint8 RGB.
+    mode: 'keep_res' (centre-pad to (H | pad) + 1, (W | pad) + 1) or 'fixed_res' (warp to
+      size x size with s = max(H, W)).
+    pad: the official ``--pad`` (31; 127 for hourglass).
+    size: output side for 'fixed_res'.
+    channel_order: 'BGR' or 'RGB'.
+
+  Returns:
+    dict(image [h, w, 3] float32 in [0, 1] (zero border), center [2] float32, scale [2]
+    float32, input_hw [2] int32, orig_hw [2] int32).
+  """
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  if mode == 'keep_res':
+    inp_h = tf.bitwise.bitwise_or(height, pad) + 1
+    inp_w = tf.bitwise.bitwise_or(width, pad) + 1
+    center = tf.cast(tf.stack([width // 2, height // 2]), tf.float32)
+    scale = tf.cast(tf.stack([inp_w, inp_h]), tf.float32)
+    # s = input size, so the affine is the integer translation inp/2 - c: an exact pad.
+    top = inp_h // 2 - height // 2
+    left = inp_w // 2 - width // 2
+    inp = tf.pad(tf.cast(image, tf.float32),
+                 [[top, inp_h - height - top], [left, inp_w - width - left], [0, 0]])
+  elif mode == 'fixed_res':
+    inp_h = inp_w = tf.constant(size, tf.int32)
+    center = tf.cast(tf.stack([width, height]), tf.float32) / 2.0
+    s = tf.cast(tf.maximum(height, width), tf.float32)
+    scale = tf.stack([s, s])
+    trans = get_affine_transform(center, s, (size, size))
+    inp = tf.round(warp_affine(tf.cast(image, tf.float32), trans, (size, size)))
+  else:
+    raise ValueError(f"eval_mode must be 'keep_res' or 'fixed_res', got {mode!r}")
+  inp = to_channel_order(inp / 255.0, channel_order)
+  return {'image': inp, 'center': center, 'scale': scale,
+          'input_hw': tf.stack([inp_h, inp_w]), 'orig_hw': tf.stack([height, width])}

@@ -1,0 +1,42 @@
+r"""CenterNet ResNet-18 (no DCN) on COCO 2017, the official ``ctdet_coco_resdcn18`` recipe.
+
+Official recipe (experiments/ctdet_coco_resdcn18.sh): batch 114, lr 5e-4, 140 epochs with
+decays at 90 and 120, 512x512 input, Adam, no weight decay, BGR input with COCO statistics.
+Official res_18 (without DCN) is reported in the paper at 28.1 AP for ResNet-18 *with* DCN;
+without DCN expect lower (the paper's Table 2 row "ResNet-18" without DCN is not in the zoo).
+
+  python -m centernet_jax.train --config configs/ctdet_resnet18_coco.py --workdir runs/r18 \
+      --config.data.source=tfds
+
+or on COCO-format folders:
+
+  python -m centernet_jax.train --config configs/ctdet_resnet18_coco.py --workdir runs/r18 \
+      --config.data.source=coco_json \
+      --config.data.train_annotations=coco/annotations/instances_train2017.json \
+      --config.data.train_images=coco/train2017 \
+      --config.data.val_annotations=coco/annotations/instances_val2017.json \
+      --config.data.val_images=coco/val2017
+
+Expected result: not yet measured with this code base (needs a multi-GPU machine).
+"""
+
+from centernet_jax import config_lib
+
+
+def get_config(arg=None):
+  del arg
+  c = config_lib.base_config()
+  c.data.source = 'tfds'
+  c.data.input_size = 512
+  c.data.train_on_crowd = True  # official behaviour
+  c.model.arch = 'resnet'
+  c.model.depth = 18
+  c.model.head_conv = 64
+  c.model.dtype = 'bfloat16'
+  c.train.batch_size = 112  # official 114; 112 splits over 8 / 16 devices
+  c.optim.lr = 5e-4 * 112 / 114
+  c.train.num_epochs = 140
+  c.optim.lr_steps = (90, 120)
+  c.train.checkpoint_every = 5000
+  c.train.eval_every = 50000
+  return c

@@ -1,0 +1,30 @@
+"""Shared fixtures: the smoke config and a shapes data set generated once per session."""
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # so `configs` imports as a package-less module path
+
+
+def load_config(name: str):
+  """Loads configs/<name>.py like --config does, unlocked."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', name + '.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.fixture(scope='session')
+def shapes_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('shapes'))
+
+
+@pytest.fixture
+def smoke_config(shapes_dir):
+  c = load_config('smoke')
+  c.data.shapes_dir = shapes_dir
+  return c

@@ -1,0 +1,76 @@
+"""End to end on the smoke config: train, checkpoint, resume, evaluate; bad workdirs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from centernet_jax import checkpoint, evaluate, train
+from centernet_jax.metric_writer import read_metrics
+
+
+def _losses(workdir):
+  return {r['step']: r['train/loss'] for r in read_metrics(workdir) if 'train/loss' in r}
+
+
+def test_train_resume_evaluate(smoke_config, tmp_path):
+  # One run of 6 steps, and a run stopped after 4 then resumed to 6: same losses after resume.
+  full = str(tmp_path / 'full')
+  cfg = smoke_config.copy_and_resolve_references()
+  cfg.train.num_steps = 6
+  train.train_and_evaluate(cfg, full)
+
+  split = str(tmp_path / 'split')
+  cfg4 = smoke_config.copy_and_resolve_references()
+  cfg4.train.num_steps = 4
+  cfg4.train.eval_every = -1
+  train.train_and_evaluate(cfg4, split)
+  assert checkpoint.Checkpointer(os.path.join(split, 'checkpoints')).all_steps() == [2, 4]
+  train.train_and_evaluate(cfg, split)  # resumes at 4
+
+  lf, ls = _losses(full), _losses(split)
+  assert sorted(lf) == [1, 2, 3, 4, 5, 6]
+  assert sorted(ls) == [1, 2, 3, 4, 5, 6]  # no step was trained twice
+  np.testing.assert_allclose([ls[s] for s in range(1, 7)], [lf[s] for s in range(1, 7)],
+                             rtol=1e-4)
+
+  # evaluate writes detections.json and metrics.json equal to pycocotools run independently.
+  metrics = evaluate.run(cfg, split)
+  out = os.path.join(split, 'eval', 'step_6')
+  with open(os.path.join(out, 'metrics.json')) as f:
+    saved = json.load(f)
+  assert saved == pytest.approx(metrics)
+  with open(os.path.join(out, 'detections.json')) as f:
+    dets = json.load(f)
+  from centernet_jax.data import pipeline
+  info = pipeline.get_dataset_info(cfg.data)
+  gt = COCO(info.val_gt) if isinstance(info.val_gt, str) else None
+  assert gt is not None
+  assert {d['image_id'] for d in dets} <= set(gt.getImgIds())
+  assert {d['category_id'] for d in dets} <= set(gt.getCatIds())
+  assert len(dets) == cfg.eval.K * len(gt.getImgIds())
+  ev = COCOeval(gt, gt.loadRes(dets), 'bbox')
+  ev.params.imgIds = gt.getImgIds()
+  ev.evaluate()
+  ev.accumulate()
+  ev.summarize()
+  names = ['AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100']
+  for i, name in enumerate(names):
+    assert saved[name] == pytest.approx(float(ev.stats[i]), abs=1e-12)
+
+
+def test_workdir_of_another_model_is_refused(smoke_config, tmp_path):
+  workdir = str(tmp_path / 'w')
+  cfg = smoke_config.copy_and_resolve_references()
+  cfg.train.num_steps = 2
+  cfg.train.eval_every = -1
+  cfg.eval.num_images = 1
+  train.train_and_evaluate(cfg, workdir)
+  other = cfg.copy_and_resolve_references()
+  other.model.head_conv = 16
+  other.train.num_steps = 4
+  with pytest.raises(checkpoint.ModelMismatchError, match='head_conv'):
+    train.train_and_evaluate(other, workdir)
