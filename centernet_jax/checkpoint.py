@@ -18,6 +18,10 @@ import orbax.checkpoint as ocp
 from centernet_jax.steps import TrainState
 
 
+# Model fields that change how a model computes or starts, not what its variables are.
+_RUNTIME_ONLY = ('dtype', 'upsample', 'deconv_init', 'head_init')
+
+
 class ModelMismatchError(ValueError):
   """A checkpoint was written by a model other than the one configured."""
 
@@ -31,7 +35,7 @@ def check_meta(saved: dict, expected: dict, where: str) -> None:
   saved_model, want_model = saved.get('model', {}), expected.get('model', {})
   diffs = [f'model.{k}: checkpoint has {saved_model.get(k)!r}, config has {want_model.get(k)!r}'
            for k in sorted(set(saved_model) | set(want_model))
-           if k not in ('dtype', 'upsample') and saved_model.get(k) != want_model.get(k)]
+           if k not in _RUNTIME_ONLY and saved_model.get(k) != want_model.get(k)]
   if diffs:
     raise ModelMismatchError(
         f'{where} holds a checkpoint of another model:\n  ' + '\n  '.join(diffs) +

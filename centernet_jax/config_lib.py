@@ -104,6 +104,14 @@ def base_config() -> ml_collections.ConfigDict:
   # 'subpixel': ConvTranspose 4x4/2 as one 3x3 conv + depth-to-space (same maths, fast weight
   # gradient on every backend); 'conv_transpose': lax.conv_transpose.
   c.model.upsample = 'subpixel'
+  # Official msra_resnet initialises up-convs N(0, 0.001) and only the last conv of each head
+  # (hm bias -2.19); 'bilinear' / 'fill_fc' are the resnet_dcn / DLA conventions.
+  c.model.deconv_init = 'normal'
+  c.model.head_init = 'msra'
+  # Not official: lateral 1x1 conv-BN connections from backbone strides 16/8/4 into the neck
+  # (FPN-style, as TF ODAPI's ResNet-FPN CenterNet). Helps small inputs, where the stride-32 map
+  # is only a few pixels wide.
+  c.model.neck_skips = False
 
   c.loss = ml_collections.ConfigDict()
   c.loss.hm_weight = 1.0

@@ -352,3 +352,18 @@ def test_model_head_init(tiny):
 def test_build_model_rejects_bad_configs(overrides):
   with pytest.raises(ValueError):
     build_model(_model_cfg(**overrides))
+
+
+def test_neck_skips_adds_lateral_connections():
+  """``neck_skips`` (not official) adds 1x1 conv-BN laterals; the outputs keep their shapes."""
+  from centernet_jax.models import build_model as build
+  cfg = {'arch': 'resnet_tiny', 'depth': 0, 'head_conv': 8, 'down_ratio': 4, 'num_classes': 3,
+         'dtype': 'float32', 'upsample': 'subpixel', 'neck_skips': True}
+  model = build(cfg)
+  x = jnp.zeros((1, 64, 64, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+  neck = variables['params']['deconv_layers']
+  assert {f'skip{i}' for i in range(3)} <= set(neck)
+  assert {f'skip{i}_bn' for i in range(3)} <= set(neck)
+  out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert out[0]['hm'].shape == (1, 16, 16, 3)

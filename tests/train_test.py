@@ -8,7 +8,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from centernet_jax import checkpoint, evaluate, train
+from centernet_jax import checkpoint, evaluate, predict, train
 from centernet_jax.metric_writer import read_metrics
 
 
@@ -61,6 +61,21 @@ def test_train_resume_evaluate(smoke_config, tmp_path):
   for i, name in enumerate(names):
     assert saved[name] == pytest.approx(float(ev.stats[i]), abs=1e-12)
 
+  # predict (Python and files) gives the same boxes as evaluate for the same image.
+  detector = predict.Detector.from_checkpoint(cfg, split)
+  img = gt.loadImgs(gt.getImgIds()[:1])[0]
+  path = os.path.join(cfg.data.shapes_dir, 'val', img['file_name'])
+  got = detector([path])[0]
+  assert len(got) == cfg.eval.K
+  want = sorted((d for d in dets if d['image_id'] == img['id']), key=lambda d: -d['score'])
+  for g, w in zip(got[:5], want[:5], strict=True):
+    assert g['category_id'] == w['category_id']
+    x1, y1, x2, y2 = g['bbox']
+    np.testing.assert_allclose([x1, y1, x2 - x1, y2 - y1], w['bbox'], atol=0.02)
+  written = predict.predict_files(detector, [path], str(tmp_path / 'pred'), 0.0, grid=True)
+  assert sorted(os.path.basename(p) for p in written) == sorted(
+      [os.path.splitext(img['file_name'])[0] + ext for ext in ('.json', '.png')] + ['grid.png'])
+
 
 def test_workdir_of_another_model_is_refused(smoke_config, tmp_path):
   workdir = str(tmp_path / 'w')
@@ -74,3 +89,11 @@ def test_workdir_of_another_model_is_refused(smoke_config, tmp_path):
   other.train.num_steps = 4
   with pytest.raises(checkpoint.ModelMismatchError, match='head_conv'):
     train.train_and_evaluate(other, workdir)
+
+
+def test_nonfinite_loss_stops_with_the_step(smoke_config, tmp_path):
+  cfg = smoke_config.copy_and_resolve_references()
+  cfg.optim.lr = 1e30  # the first Adam update makes every parameter ~1e30: step 2 overflows
+  cfg.train.num_steps = 3
+  with pytest.raises(train.NonFiniteLossError, match='non-finite loss at step 2'):
+    train.train_and_evaluate(cfg, str(tmp_path / 'nan'))

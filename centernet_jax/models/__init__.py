@@ -15,20 +15,17 @@ import flax.linen as nn
 from centernet_jax.models import centernet, layers, resnet
 
 
-def _resnet_centernet(*, depth: int, heads, head_conv: int, dtype, upsample: str) -> nn.Module:
+def _resnet_centernet(*, depth: int, **kwargs) -> nn.Module:
   """Official msra_resnet CenterNet (res_18, res_101, ...): 3 up-convs of 256."""
-  return centernet.CenterNet(
-      backbone=resnet.resnet(depth, dtype=dtype), heads=heads, head_conv=head_conv,
-      neck_filters=(256, 256, 256), upsample=upsample, dtype=dtype)
+  return centernet.CenterNet(backbone=resnet.resnet(depth, dtype=kwargs['dtype']),
+                             neck_filters=(256, 256, 256), **kwargs)
 
 
-def _resnet_tiny_centernet(*, depth: int, heads, head_conv: int, dtype,
-                           upsample: str) -> nn.Module:
+def _resnet_tiny_centernet(*, depth: int, **kwargs) -> nn.Module:
   """A small (~10^4-10^5 parameter) CenterNet for tests and smoke runs (``depth`` is ignored)."""
   del depth
-  return centernet.CenterNet(
-      backbone=resnet.TinyResNet(dtype=dtype), heads=heads, head_conv=head_conv,
-      neck_filters=(16, 16, 16), upsample=upsample, dtype=dtype)
+  return centernet.CenterNet(backbone=resnet.TinyResNet(dtype=kwargs['dtype']),
+                             neck_filters=(16, 16, 16), **kwargs)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -43,7 +40,9 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
   Args:
     model_cfg: keys arch ('resnet' | 'resnet_tiny'), depth, head_conv, down_ratio (must be 4),
       num_classes (> 0; resolve -1 from the data set first), dtype ('float32' | 'bfloat16'),
-      upsample ('subpixel' | 'conv_transpose').
+      upsample ('subpixel' | 'conv_transpose'), deconv_init ('normal': official msra_resnet |
+      'bilinear'), head_init ('msra': official msra_resnet | 'fill_fc': resnet_dcn / DLA),
+      neck_skips (False: official; True adds lateral connections to the up-sampling neck).
 
   Returns:
     An unbound flax module; heads hm (num_classes), wh (2), reg (2).
@@ -61,7 +60,10 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
     raise ValueError(f'unknown upsample {upsample!r}; known: {layers.UPSAMPLE_IMPLS}')
   heads = (('hm', num_classes), ('wh', 2), ('reg', 2))
   return MODELS[arch](depth=model_cfg['depth'], heads=heads, head_conv=model_cfg['head_conv'],
-                      dtype=layers.resolve_dtype(model_cfg['dtype']), upsample=upsample)
+                      dtype=layers.resolve_dtype(model_cfg['dtype']), upsample=upsample,
+                      deconv_init=model_cfg.get('deconv_init', 'normal'),
+                      head_init=model_cfg.get('head_init', 'msra'),
+                      neck_skips=bool(model_cfg.get('neck_skips', False)))
 
 
 __all__ = ['MODELS', 'build_model']

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from centernet_jax.models.heads import make_head
-from centernet_jax.models.layers import DECONV_INITS, Dtype, UpConv, batch_norm
+from centernet_jax.models.layers import DECONV_INITS, Dtype, UpConv, batch_norm, conv
 
 
 class DeconvNeck(nn.Module):
@@ -45,14 +45,28 @@ class DeconvNeck(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    """[B, h, w, C] -> [B, h * 2**n, w * 2**n, filters[-1]]."""
+  def __call__(self, x: jax.Array, train: bool,
+               skips: Sequence[jax.Array] | None = None) -> jax.Array:
+    """[B, h, w, C] -> [B, h * 2**n, w * 2**n, filters[-1]].
+
+    Args:
+      x: the backbone's last (stride 32) feature map.
+      train: BatchNorm mode.
+      skips: optional backbone maps at the resolution of each stage's output (strides 16, 8,
+        4). When given (not official: ``config.model.neck_skips``), each stage adds
+        BN(conv1x1(skip)) before its ReLU, a lateral connection as in FPN-style CenterNets
+        (TF ODAPI ResNet-FPN), so small inputs keep their spatial detail.
+    """
     if self.deconv_init not in DECONV_INITS:
       raise ValueError(f'unknown deconv_init {self.deconv_init!r}; known: {sorted(DECONV_INITS)}')
     for i, features in enumerate(self.filters):
       x = UpConv(features, self.upsample, DECONV_INITS[self.deconv_init], self.dtype,
                  name=str(3 * i))(x)
-      x = nn.relu(batch_norm(train, dtype=self.dtype, name=str(3 * i + 1))(x))
+      x = batch_norm(train, dtype=self.dtype, name=str(3 * i + 1))(x)
+      if skips is not None:
+        lateral = conv(features, 1, dtype=self.dtype, name=f'skip{i}')(skips[i])
+        x = x + batch_norm(train, dtype=self.dtype, name=f'skip{i}_bn')(lateral)
+      x = nn.relu(x)
     return x
 
 
@@ -67,6 +81,7 @@ class CenterNet(nn.Module):
     upsample: 'subpixel' or 'conv_transpose'.
     deconv_init: 'normal' (official msra_resnet) or 'bilinear'.
     head_init: 'msra' (official msra_resnet) or 'fill_fc' (resnet_dcn / DLA); see heads.py.
+    neck_skips: add lateral 1x1 conv-BN connections from the backbone (not official).
     dtype: compute dtype; params are float32 and the outputs are cast to float32.
   """
 
@@ -77,6 +92,7 @@ class CenterNet(nn.Module):
   upsample: str = 'subpixel'
   deconv_init: str = 'normal'
   head_init: str = 'msra'
+  neck_skips: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -92,8 +108,9 @@ class CenterNet(nn.Module):
       [B, h, w, C], wh [B, h, w, 2], reg [B, h, w, 2].
     """
     features = self.backbone(images, train=train)
+    skips = features[-2::-1][:len(self.neck_filters)] if self.neck_skips else None
     x = DeconvNeck(self.neck_filters, self.upsample, self.deconv_init, self.dtype,
-                   name='deconv_layers')(features[-1], train)
+                   name='deconv_layers')(features[-1], train, skips)
     out = {}
     for name, channels in self.heads:
       head = make_head(name, channels, self.head_conv, in_features=x.shape[-1],
