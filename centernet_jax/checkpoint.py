@@ -17,7 +17,6 @@ import orbax.checkpoint as ocp
 
 from centernet_jax.steps import TrainState
 
-
 # Model fields that change how a model computes or starts, not what its variables are.
 _RUNTIME_ONLY = ('dtype', 'upsample', 'deconv_init', 'head_init')
 
