@@ -148,3 +148,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.init = ''  # checkpoint to initialise from (backbone or all)
   c.resume = ''  # checkpoint to resume from when the workdir has none
   return c
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flags parser for the entry points: a bad flag or config override exits with one line.
+
+  ``--config.x.y=v`` with an unknown key raises AttributeError/KeyError inside ml_collections;
+  this turns it (and absl's own flag errors) into ``error: ...`` on stderr and exit status 2.
+  """
+  import sys
+
+  from absl import flags
+
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    message = str(e).strip('"\'')
+    if isinstance(e, (AttributeError, KeyError)):
+      message = (f'unknown config key {message}: every key is listed in '
+                 'centernet_jax/config_lib.py')
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)

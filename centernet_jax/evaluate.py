@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
 from centernet_jax import boxes as boxes_lib
-from centernet_jax import checkpoint, sharding, steps
+from centernet_jax import checkpoint, config_lib, sharding, steps
 from centernet_jax.evaluation import coco as coco_eval
 from centernet_jax.models import build_model
 
@@ -184,4 +184,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'Work directory holding checkpoints/.')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

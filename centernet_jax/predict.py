@@ -28,7 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from centernet_jax import boxes as boxes_lib
-from centernet_jax import checkpoint, steps
+from centernet_jax import checkpoint, config_lib, steps
 from centernet_jax.evaluation import coco as coco_eval
 from centernet_jax.evaluation import visualize
 
@@ -152,4 +152,4 @@ if __name__ == '__main__':
   flags.DEFINE_float('score_threshold', 0.3, 'Minimum score to keep and draw.')
   flags.DEFINE_bool('grid', False, 'Also write grid.png with every picture.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

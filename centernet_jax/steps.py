@@ -78,7 +78,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, num_c
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(parts)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['num_objects'] = tgt['reg_mask'].sum()
     if schedule is not None:
       metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)

@@ -22,7 +22,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from centernet_jax import checkpoint, optim, sharding, steps
+from centernet_jax import checkpoint, config_lib, optim, sharding, steps
 from centernet_jax.metric_writer import MetricWriter
 from centernet_jax.models import build_model
 
@@ -242,4 +242,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)
