@@ -24,7 +24,7 @@ demo: setup
 	  --config.data.shapes_dir=$(SHAPES)
 	$(PY) -m centernet_jax.predict --config $(DEMO_CONFIG) --workdir $(WORKDIR) \
 	  --output $(WORKDIR)/predictions --grid --images $$(ls $(SHAPES)/val/*.jpg | head -n 8)
-	@echo "metrics: $$(ls -d $(WORKDIR)/eval/step_*/metrics.json | tail -n 1)"
+	@echo "metrics: $$(ls -d $(WORKDIR)/eval/step_*/metrics.json | sort -V | tail -n 1)"
 	@echo "pictures: $(WORKDIR)/predictions/grid.png"
 
 test: setup

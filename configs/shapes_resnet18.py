@@ -3,10 +3,13 @@ r"""The demo: CenterNet ResNet-18 from scratch on the built-in shapes data set, 
   make demo            # or:
   python -m centernet_jax.train --config configs/shapes_resnet18.py --workdir runs/demo
 
-Recipe (see experiments/shapes_demo.md for the curve and the measurements): 128 px input,
-batch 16, Adam with a short warm-up and cosine decay at a higher learning rate than the official
-1.25e-4 per 32 images (which barely starts to detect from scratch in 20 CPU minutes), official
-augmentation and losses. Expected result: see experiments/shapes_demo.md.
+Recipe (experiments/shapes_demo.md has the curve, the machine and what did not work): train at
+96 px (the 128 px images are scaled by the official random affine), batch 16, Adam with 100
+warm-up steps and cosine decay from 2e-3, gradient clipping 10, official augmentation and
+losses, and lateral skip connections in the up-sampling neck (``model.neck_skips``, not
+official: the official neck learns small-object positions slowly from scratch at this size).
+Expected result (measured on the 2-core CPU machine): COCO AP 0.69 on the shapes validation
+split after 10 minutes, 0.76 at the end (2200 steps, about 20 minutes).
 """
 
 from centernet_jax import config_lib
