@@ -16,7 +16,8 @@ import pytest
 from centernet_jax.config_lib import base_config
 from centernet_jax.models import build_model, heads, layers, resnet
 
-OFFICIAL = pathlib.Path('/work/shared/reference/official_state_dicts/res_18.json')
+# Official res_18 parameter names and shapes (copy of shared/reference/official_state_dicts).
+OFFICIAL = pathlib.Path(__file__).parent / 'data' / 'official_res_18.json'
 
 
 def _model_cfg(**overrides):
