@@ -15,18 +15,6 @@ from centernet_jax import config_lib
 
 def get_config(arg=None):
   del arg
-  c = config_lib.base_config()
-  c.data.source = 'tfds'
-  c.data.input_size = 512
-  c.data.train_on_crowd = True  # official behaviour
-  c.model.arch = 'resnet'
-  c.model.depth = 101
+  c = config_lib.coco_ctdet_config(arch='resnet', depth=101, batch_size=96, lr=3.75e-4)
   c.model.head_conv = 64
-  c.model.dtype = 'bfloat16'
-  c.train.batch_size = 96
-  c.optim.lr = 3.75e-4
-  c.train.num_epochs = 140
-  c.optim.lr_steps = (90, 120)
-  c.train.checkpoint_every = 5000
-  c.train.eval_every = 50000
   return c
