@@ -84,7 +84,7 @@ def first_nonfinite(history: list[tuple[int, dict]]) -> tuple[int, dict] | None:
   return None
 
 
-def create_state(config, model, tx, mesh, image_size: int, num_devices: int) -> steps.TrainState:
+def create_state(config, model, tx, mesh, image_size: int) -> steps.TrainState:
   """Initialises a replicated TrainState on the mesh (compiled once)."""
   rng = jax.random.PRNGKey(config.seed)
   init = jax.jit(functools.partial(steps.init_state, model, tx,
@@ -93,7 +93,7 @@ def create_state(config, model, tx, mesh, image_size: int, num_devices: int) -> 
   return init(rng)
 
 
-def restore_or_init(config, ckpt, state, meta, mesh, workdir):
+def restore_or_init(config, ckpt, state, meta):
   """Resume order: the workdir's latest > config.resume > config.init > scratch."""
   if ckpt.latest_step() is not None:
     logging.info('Resuming from %s step %d', ckpt.directory, ckpt.latest_step())
@@ -143,10 +143,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # --- State: restore or initialise ----------------------------------------------------------
   meta = checkpoint_meta(config, info)
-  state = create_state(config, model, tx, mesh, config.data.input_size, jax.device_count())
+  state = create_state(config, model, tx, mesh, config.data.input_size)
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir),
                                  max_to_keep=config.train.keep_checkpoints)
-  state = restore_or_init(config, ckpt, state, meta, mesh, workdir)
+  state = restore_or_init(config, ckpt, state, meta)
   start_step = int(jax.device_get(state.step))
 
   # --- Update step: one compile, state donated -----------------------------------------------

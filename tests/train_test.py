@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
@@ -99,3 +100,41 @@ def test_nonfinite_loss_stops_with_the_step(smoke_config, tmp_path):
   cfg.train.num_steps = 3
   with pytest.raises(train.NonFiniteLossError, match='non-finite loss at step 2'):
     train.train_and_evaluate(cfg, str(tmp_path / 'nan'))
+
+
+def test_resume_and_init_from_another_workdir(smoke_config, tmp_path):
+  src = str(tmp_path / 'src')
+  cfg = smoke_config.copy_and_resolve_references()
+  cfg.train.num_steps = 4
+  cfg.train.eval_every = -1
+  cfg.eval.num_images = 1
+  train.train_and_evaluate(cfg, src)
+
+  # config.resume continues the optimiser state and the data stream from a named checkpoint.
+  resumed = str(tmp_path / 'resumed')
+  cfg_r = cfg.copy_and_resolve_references()
+  cfg_r.resume = os.path.join(src, 'checkpoints', '2')
+  train.train_and_evaluate(cfg_r, resumed)
+  src_losses, res_losses = _losses(src), _losses(resumed)
+  assert sorted(res_losses) == [3, 4]
+  np.testing.assert_allclose([res_losses[3], res_losses[4]], [src_losses[3], src_losses[4]],
+                             rtol=1e-4)
+
+  # config.init takes the weights only: step 0, fresh optimiser; with lr 0 they stay as loaded.
+  init = str(tmp_path / 'init')
+  cfg_i = cfg.copy_and_resolve_references()
+  cfg_i.init = src
+  cfg_i.train.num_steps = 1
+  cfg_i.optim.lr = 1e-30
+  train.train_and_evaluate(cfg_i, init)
+  target = evaluate.abstract_variables(evaluate.build_model(
+      train.resolve_config(cfg, _info(cfg)).model))
+  _, a = checkpoint.Checkpointer(os.path.join(src, 'checkpoints')).restore_variables(4, target)
+  _, b = checkpoint.Checkpointer(os.path.join(init, 'checkpoints')).restore_variables(1, target)
+  for x, y in zip(jax.tree.leaves(a['params']), jax.tree.leaves(b['params']), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-12)
+
+
+def _info(cfg):
+  from centernet_jax.data import pipeline
+  return pipeline.get_dataset_info(cfg.data)
