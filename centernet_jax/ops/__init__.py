@@ -1,0 +1,1 @@
+"""Custom ops: modulated deformable convolution (DCNv2)."""
