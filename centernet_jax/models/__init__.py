@@ -12,7 +12,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from centernet_jax.models import centernet, layers, resnet
+from centernet_jax.models import centernet, dla, layers, resnet, resnet_dcn
 
 
 def _resnet_centernet(*, depth: int, **kwargs) -> nn.Module:
@@ -31,6 +31,10 @@ def _resnet_tiny_centernet(*, depth: int, **kwargs) -> nn.Module:
 MODELS: dict[str, Callable[..., nn.Module]] = {
     'resnet': _resnet_centernet,
     'resnet_tiny': _resnet_tiny_centernet,
+    'dla': dla.build_centernet,
+    'dla_tiny': dla.build_tiny_centernet,
+    'resdcn': resnet_dcn.build_centernet,
+    'resdcn_tiny': resnet_dcn.build_tiny_centernet,
 }
 
 
@@ -38,7 +42,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
   """Builds the ctdet model described by ``config.model``.
 
   Args:
-    model_cfg: keys arch ('resnet' | 'resnet_tiny'), depth, head_conv, down_ratio (must be 4),
+    model_cfg: keys arch (a key of MODELS), depth, head_conv, down_ratio (must be 4),
       num_classes (> 0; resolve -1 from the data set first), dtype ('float32' | 'bfloat16'),
       upsample ('subpixel' | 'conv_transpose'), deconv_init ('normal': official msra_resnet |
       'bilinear'), head_init ('msra': official msra_resnet | 'fill_fc': resnet_dcn / DLA),

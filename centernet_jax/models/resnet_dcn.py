@@ -1,0 +1,136 @@
+"""ResNet-DCN CenterNet (official ``resnet_dcn.py``: arch ``resdcn_18``, ``resdcn_101``).
+
+torchvision ResNet -> 3 x [DCNv2 3x3 (bias) -> BN -> ReLU -> ConvTranspose2d(4, stride 2,
+padding 1, no bias, bilinear ``fill_up_weights``) -> BN -> ReLU] with 256, 128, 64 channels ->
+heads (head_conv 64, ``fill_fc_weights`` init) at stride 4.
+
+Parameter tree (official key -> ours; conv OIHW -> HWIO, ConvTranspose (I, O, kh, kw) -> (kh, kw,
+I, O), BN weight -> scale, running_mean/var -> batch_stats mean/var)::
+
+    conv1, bn1, layerN.*                   -> backbone/conv1, backbone/bn1, backbone/layerN/...
+    deconv_layers.{0,6,12}.{weight,bias}   -> deconv_layers/{0,6,12}/{kernel,bias}   (DeformConv)
+    deconv_layers.{0,6,12}.conv_offset_mask -> deconv_layers/{0,6,12}/conv_offset_mask
+    deconv_layers.{1,4,7,10,13,16}         -> deconv_layers/{1,4,...}/{scale,bias}  (BN)
+    deconv_layers.{3,9,15}.weight          -> deconv_layers/{3,9,15}/kernel         (UpConv)
+    hm.0 / hm.2 (wh, reg)                  -> hm/0, hm/2 (wh, reg)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from centernet_jax.models import resnet
+from centernet_jax.models.heads import make_head
+from centernet_jax.models.layers import DECONV_INITS, Dtype, UpConv, batch_norm
+from centernet_jax.ops.deform_conv import DeformConv
+
+
+class DCNNeck(nn.Module):
+  """len(filters) x [DCN 3x3 -> BN -> ReLU -> UpConv 4x4/2 -> BN -> ReLU].
+
+  Children are the official nn.Sequential indices: 6i DCN, 6i + 1 BN, 6i + 3 up-conv, 6i + 4 BN.
+
+  Attributes:
+    filters: channels of each stage (official 256, 128, 64).
+    upsample: 'subpixel' or 'conv_transpose' (same parameter, same maths).
+    deconv_init: 'bilinear' (official fill_up_weights) or 'normal' (N(0, 0.001)).
+    dtype: compute dtype.
+  """
+
+  filters: Sequence[int] = (256, 128, 64)
+  upsample: str = 'subpixel'
+  deconv_init: str = 'bilinear'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    """[B, h, w, C] -> [B, h * 2**n, w * 2**n, filters[-1]]."""
+    if self.deconv_init not in DECONV_INITS:
+      raise ValueError(f'unknown deconv_init {self.deconv_init!r}; known: {sorted(DECONV_INITS)}')
+    for i, features in enumerate(self.filters):
+      x = DeformConv(features, 3, dtype=self.dtype, name=str(6 * i))(x)
+      x = nn.relu(batch_norm(train, dtype=self.dtype, name=str(6 * i + 1))(x))
+      x = UpConv(features, self.upsample, DECONV_INITS[self.deconv_init], self.dtype,
+                 name=str(6 * i + 3))(x)
+      x = nn.relu(batch_norm(train, dtype=self.dtype, name=str(6 * i + 4))(x))
+    return x
+
+
+class ResDCN(nn.Module):
+  """Backbone -> DCNNeck on its last (stride 32) map -> heads.
+
+  Attributes:
+    backbone: module ``(images, train) -> list of feature maps`` (a :class:`resnet.ResNet`).
+    heads: ((name, channels), ...).
+    head_conv: hidden channels of each head (official 64; 0: a single 1x1 conv).
+    neck_filters: channels of the three DCN up-sampling stages.
+    upsample: 'subpixel' or 'conv_transpose'.
+    deconv_init: 'bilinear' (official) or 'normal'.
+    head_init: 'fill_fc' (official resnet_dcn) or 'msra'.
+    dtype: compute dtype; params float32, outputs float32.
+  """
+
+  backbone: nn.Module
+  heads: tuple[tuple[str, int], ...]
+  head_conv: int = 64
+  neck_filters: Sequence[int] = (256, 128, 64)
+  upsample: str = 'subpixel'
+  deconv_init: str = 'bilinear'
+  head_init: str = 'fill_fc'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool) -> list[dict[str, jax.Array]]:
+    """[B, H, W, 3] (H, W multiples of 32) -> [{name: [B, H/4, W/4, channels] float32}]."""
+    x = self.backbone(images, train=train)[-1]
+    x = DCNNeck(self.neck_filters, self.upsample, self.deconv_init, self.dtype,
+                name='deconv_layers')(x, train)
+    out = {}
+    for name, num_outputs in self.heads:
+      head = make_head(name, num_outputs, self.head_conv, in_features=x.shape[-1],
+                       init_style=self.head_init, dtype=self.dtype)
+      out[name] = head(x).astype(jnp.float32)
+    return [out]
+
+
+def _check(neck_skips: bool) -> None:
+  if neck_skips:
+    raise ValueError('neck_skips is not supported by resdcn')
+
+
+def build_centernet(
+    *, depth: int = 18, heads: Sequence[tuple[str, int]], head_conv: int = 64,
+    dtype: Dtype = jnp.float32, upsample: str = 'subpixel', deconv_init: str = 'bilinear',
+    head_init: str = 'fill_fc', neck_skips: bool = False,
+) -> ResDCN:
+  """Official ``resdcn_{depth}`` (18, 101, ...; registry builder, ``build_model``'s kwargs).
+
+  Args:
+    depth: ResNet depth (resnet.RESNET_SPECS).
+    heads: ((name, channels), ...).
+    head_conv: hidden head channels (official 64).
+    dtype: compute dtype.
+    upsample: 'subpixel' or 'conv_transpose' formulation of the 4x4/2 up-convs.
+    deconv_init: 'bilinear' (official) or 'normal'.
+    head_init: 'fill_fc' (official) or 'msra'.
+    neck_skips: must be False.
+  """
+  _check(neck_skips)
+  return ResDCN(resnet.resnet(depth, dtype=dtype), tuple(heads), head_conv, (256, 128, 64),
+                upsample, deconv_init, head_init, dtype)
+
+
+def build_tiny_centernet(
+    *, depth: int = 0, heads: Sequence[tuple[str, int]], head_conv: int = 64,
+    dtype: Dtype = jnp.float32, upsample: str = 'subpixel', deconv_init: str = 'bilinear',
+    head_init: str = 'fill_fc', neck_skips: bool = False,
+) -> ResDCN:
+  """TinyResNet + a 16-channel DCN neck, for tests and smoke runs (``depth`` is ignored)."""
+  del depth
+  _check(neck_skips)
+  return ResDCN(resnet.TinyResNet(dtype=dtype), tuple(heads), head_conv, (16, 16, 16),
+                upsample, deconv_init, head_init, dtype)

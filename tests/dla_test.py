@@ -1,0 +1,205 @@
+"""Tests of the DCN models (centernet_jax.models.dla, .resnet_dcn): parameter layout and counts vs
+the official state_dicts, output shapes of the tiny variants, and the depthwise up-convolution
+against a numpy oracle of PyTorch's ConvTranspose2d definition."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from centernet_jax.models import dla, resnet_dcn
+
+HEADS = (('hm', 80), ('wh', 2), ('reg', 2))
+# Official parameter names and shapes (copies of shared/reference/official_state_dicts).
+DATA = pathlib.Path(__file__).parent / 'data'
+
+
+def _official(arch: str) -> dict:
+  return json.loads((DATA / f'official_{arch}.json').read_text())
+
+
+def _abstract_variables(model, hw=(64, 64)):
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *hw, 3)), train=False))
+
+
+def _flat_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {tuple(k.key for k in path): tuple(x.shape) for path, x in flat}
+
+
+def _is_transpose(path: list[str]) -> bool:
+  """Official non-grouped ConvTranspose2d weights: resnet_dcn deconv_layers.{3, 9, 15}.
+
+  (DLA's depthwise up_K weights (C, 1, k, k) read as (out, in / groups, kh, kw) like a conv.)
+  """
+  return path[0] == 'deconv_layers' and int(path[1]) % 6 == 3
+
+
+def _official_to_ours(key: str, shape: list[int]):
+  """Official dla_34 / resdcn_18 key and shape -> (our variable path, shape); None to skip."""
+  parts = key.split('.')
+  leaf, path = parts[-1], parts[:-1]
+  if leaf == 'num_batches_tracked' or key.startswith('base.fc.'):
+    return None
+  if path[0] == 'base':
+    path = ['backbone', *path[1:]]
+  elif path[0] in ('conv1', 'bn1') or path[0].startswith('layer'):
+    path = ['backbone', *path]
+  if leaf in ('running_mean', 'running_var'):
+    return ('batch_stats', *path, leaf[len('running_'):]), tuple(shape)
+  if leaf == 'bias':
+    return ('params', *path, 'bias'), tuple(shape)
+  if len(shape) == 1:
+    return ('params', *path, 'scale'), tuple(shape)
+  if _is_transpose(path):  # ConvTranspose2d (in, out / groups, kh, kw)
+    cin, cout, kh, kw = shape
+  else:  # Conv2d (out, in, kh, kw); depthwise ConvTranspose2d (C, 1, kh, kw)
+    cout, cin, kh, kw = shape
+  return ('params', *path, 'kernel'), (kh, kw, cin, cout)
+
+
+_FULL = {'dla_34': lambda: dla.build_centernet(depth=34, heads=HEADS, head_conv=256),
+         'resdcn_18': lambda: resnet_dcn.build_centernet(depth=18, heads=HEADS, head_conv=64)}
+
+
+@pytest.mark.parametrize('arch,count', [('dla_34', 19_675_892), ('resdcn_18', 14_437_349)])
+def test_param_count_matches_official(arch, count):
+  official = _official(arch)
+  listed = sum(math.prod(e['shape']) for e in official['state_dict']
+               if not e['key'].endswith(('running_mean', 'running_var', 'num_batches_tracked'))
+               and not e['key'].startswith('base.fc.'))
+  assert listed == official['num_params_excluding_base_fc'] == count
+  params = _abstract_variables(_FULL[arch]())['params']
+  assert sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params)) == count
+
+
+@pytest.mark.parametrize('arch', ['dla_34', 'resdcn_18'])
+def test_variables_map_one_to_one_onto_official_state_dict(arch):
+  official = _official(arch)
+  expected = dict(filter(None, (_official_to_ours(e['key'], e['shape'])
+                                for e in official['state_dict'])))
+  assert _flat_shapes(_abstract_variables(_FULL[arch]())) == expected
+
+
+def test_dla34_feature_strides_and_channels():
+  backbone = dla.DLA()
+  x = jnp.zeros((1, 64, 96, 3))
+  feats = jax.eval_shape(lambda: backbone.init_with_output(jax.random.key(0), x, train=False))[0]
+  assert [f.shape for f in feats] == [
+      (1, 64 // 2**i, 96 // 2**i, c) for i, c in enumerate((16, 32, 64, 128, 256, 512))]
+
+
+def test_builders_reject_neck_skips_and_unknown_depth():
+  with pytest.raises(ValueError):
+    dla.build_centernet(heads=HEADS, neck_skips=True)
+  with pytest.raises(ValueError):
+    dla.build_centernet(depth=18, heads=HEADS)
+  with pytest.raises(ValueError):
+    resnet_dcn.build_centernet(heads=HEADS, neck_skips=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward passes of the tiny variants on synthetic variables (initialisation compiles slowly).
+
+
+def _synthetic_variables(model, hw):
+  rng = np.random.default_rng(0)
+  abstract = _abstract_variables(model, hw)
+  params = jax.tree_util.tree_map(
+      lambda x: 0.05 * rng.standard_normal(x.shape).astype(np.float32), abstract['params'])
+  stats = jax.tree_util.tree_map(lambda x: np.ones(x.shape, np.float32), abstract['batch_stats'])
+  return {'params': params, 'batch_stats': stats}
+
+
+_TINY = {'dla': dla.build_tiny_centernet, 'resdcn': resnet_dcn.build_tiny_centernet}
+
+
+@pytest.mark.parametrize('arch', sorted(_TINY))
+@pytest.mark.parametrize('hw', [(64, 64), (96, 64)])
+def test_tiny_output_shapes(arch, hw):
+  model = _TINY[arch](heads=(('hm', 3), ('wh', 2), ('reg', 2)), head_conv=8)
+  images = jax.random.normal(jax.random.key(1), (2, *hw, 3))
+  outputs = jax.jit(model.apply, static_argnames='train')(
+      _synthetic_variables(model, hw), images, train=False)
+  h, w = hw[0] // 4, hw[1] // 4
+  assert isinstance(outputs, list) and len(outputs) == 1
+  assert {k: (v.shape, v.dtype) for k, v in outputs[0].items()} == {
+      'hm': ((2, h, w, 3), jnp.float32), 'wh': ((2, h, w, 2), jnp.float32),
+      'reg': ((2, h, w, 2), jnp.float32)}
+  assert all(bool(jnp.isfinite(v).all()) for v in outputs[0].values())
+
+
+def test_tiny_dla_train_step_updates_every_batch_stat_and_has_finite_grads():
+  model = dla.build_tiny_centernet(heads=(('hm', 3), ('wh', 2), ('reg', 2)), head_conv=8)
+  variables = _synthetic_variables(model, (64, 64))
+  images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+
+  def loss(params):
+    outs, updates = model.apply({**variables, 'params': params}, images, train=True,
+                                mutable=['batch_stats'])
+    return sum(jnp.sum(v**2) for v in outs[0].values()), updates
+
+  (_, updates), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
+  before = jax.tree_util.tree_leaves(variables['batch_stats'])
+  after = jax.tree_util.tree_leaves(updates['batch_stats'])
+  # Every BN runs in train mode, including the official quirk's unused level3 'project'.
+  assert len(before) == len(after) and all(not np.allclose(a, b) for a, b in zip(
+      before, after, strict=True))
+  assert all(bool(jnp.isfinite(g).all()) for g in jax.tree_util.tree_leaves(grads))
+  offset = grads['dla_up']['ida_0']['proj_1']['conv']['conv_offset_mask']['kernel']
+  assert float(jnp.abs(offset).max()) > 0  # gradients reach the DCN offsets
+
+
+# ----------------------------------------------------------------------------------------------
+# Depthwise ConvTranspose2d(C, C, 2f, stride f, padding f // 2, groups C).
+
+
+def _numpy_depthwise_conv_transpose(x: np.ndarray, w: np.ndarray, f: int) -> np.ndarray:
+  """From PyTorch's definition: out[o, c] += x[i, c] * w[c, 0, k], o = i * f - f // 2 + k.
+
+  Args:
+    x: [B, H, W, C]; w: PyTorch weight [C, 1, 2f, 2f].
+  """
+  b, h, wd, c = x.shape
+  k, p = 2 * f, f // 2
+  ho, wo = (h - 1) * f - 2 * p + k, (wd - 1) * f - 2 * p + k
+  out = np.zeros((b, ho, wo, c), np.float64)
+  for iy in range(h):
+    for ix in range(wd):
+      for ky in range(k):
+        for kx in range(k):
+          oy, ox = iy * f - p + ky, ix * f - p + kx
+          if 0 <= oy < ho and 0 <= ox < wo:
+            out[:, oy, ox] += x[:, iy, ix] * w[:, 0, ky, kx]
+  return out
+
+
+@pytest.mark.parametrize('factor', [2, 4])
+@pytest.mark.parametrize('shape', [(2, 3, 5, 3), (1, 1, 1, 2)])
+def test_depthwise_conv_transpose_matches_numpy_oracle(factor, shape):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(shape).astype(np.float32)
+  k = 2 * factor
+  w_torch = rng.standard_normal((shape[-1], 1, k, k)).astype(np.float32)
+  kernel = w_torch.transpose(2, 3, 1, 0)  # documented layout: kernel[ky, kx, 0, c]
+  got = dla.depthwise_conv_transpose(jnp.asarray(x), jnp.asarray(kernel), factor)
+  assert got.shape == (shape[0], factor * shape[1], factor * shape[2], shape[-1])
+  np.testing.assert_allclose(got, _numpy_depthwise_conv_transpose(x, w_torch, factor),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_up_bilinear_init_fills_every_channel():
+  x = jnp.ones((1, 3, 3, 5))
+  kernel = dla.DepthwiseUp(2).init(jax.random.key(0), x)['params']['kernel']
+  r = np.array([0.25, 0.75, 0.75, 0.25], np.float32)
+  np.testing.assert_allclose(kernel, np.broadcast_to(np.outer(r, r)[:, :, None, None],
+                                                     (4, 4, 1, 5)))
+  # Bilinear up-sampling of a constant map is constant away from the border.
+  y = dla.DepthwiseUp(2).apply({'params': {'kernel': kernel}}, x)
+  np.testing.assert_allclose(y[0, 1:-1, 1:-1], 1.0, rtol=1e-6)
