@@ -1,9 +1,9 @@
-r"""CenterNet ResNet-18 (no DCN) on COCO 2017, the official ``ctdet_coco_resdcn18`` recipe.
+r"""CenterNet ResNet-18 (official ``res_18``: msra_resnet, no DCN) on COCO 2017.
 
-Official recipe (experiments/ctdet_coco_resdcn18.sh): batch 114, lr 5e-4, 140 epochs with
+The official repository has no script or zoo entry for res_18 without DCN; this uses the
+resdcn18 schedule (experiments/ctdet_coco_resdcn18.sh): batch 114, lr 5e-4, 140 epochs with
 decays at 90 and 120, 512x512 input, Adam, no weight decay, BGR input with COCO statistics.
-Official res_18 (without DCN) is reported in the paper at 28.1 AP for ResNet-18 *with* DCN;
-without DCN expect lower (the paper's Table 2 row "ResNet-18" without DCN is not in the zoo).
+The DCN variant (zoo: 28.1 AP) is ``configs/ctdet_resdcn18_coco.py``.
 
   python -m centernet_jax.train --config configs/ctdet_resnet18_coco.py --workdir runs/r18 \
       --config.data.source=tfds
