@@ -203,3 +203,20 @@ def test_depthwise_up_bilinear_init_fills_every_channel():
   # Bilinear up-sampling of a constant map is constant away from the border.
   y = dla.DepthwiseUp(2).apply({'params': {'kernel': kernel}}, x)
   np.testing.assert_allclose(y[0, 1:-1, 1:-1], 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize('arch', sorted(_TINY))
+def test_jits_once_per_input_shape(arch):
+  """Same shape: the compiled function is reused; a new keep_res shape compiles once more."""
+  model = _TINY[arch](heads=(('hm', 3), ('wh', 2), ('reg', 2)), head_conv=8)
+  variables = _synthetic_variables(model, (64, 64))
+  traces = []
+
+  def forward(v, x):
+    traces.append(x.shape)
+    return model.apply(v, x, train=False)
+
+  fn = jax.jit(forward)
+  for hw in [(64, 64), (64, 64), (64, 96), (64, 96), (64, 64)]:
+    fn(variables, jnp.zeros((1, *hw, 3)))
+  assert traces == [(1, 64, 64, 3), (1, 64, 96, 3)]
