@@ -14,27 +14,11 @@ from centernet_jax import config_lib
 
 def get_config(arg=None):
   del arg
-  c = config_lib.base_config()
-  c.seed = 0
-  c.data.source = 'shapes'
-  c.data.shapes_num_train = 600
-  c.data.shapes_num_val = 100
-  c.data.shapes_image_size = 128
-  c.data.input_size = 96
-  c.data.max_objs = 16
+  c = config_lib.shapes_cpu_config(num_steps=550, warmup_steps=50, eval_every=275)
   c.model.arch = 'dla'
   c.model.depth = 34
   c.model.head_conv = 256  # official default for DLA
   c.model.head_init = 'fill_fc'
   c.model.deconv_init = 'bilinear'
-  c.train.batch_size = 16
-  c.train.num_steps = 550
   c.train.log_every = 25
-  c.train.checkpoint_every = 275
-  c.train.eval_every = 275
-  c.optim.lr = 2e-3
-  c.optim.schedule = 'cosine'
-  c.optim.warmup_steps = 50
-  c.optim.grad_clip = 10.0
-  c.eval.batch_size = 10
   return c

@@ -17,28 +17,11 @@ from centernet_jax import config_lib
 
 def get_config(arg=None):
   del arg
-  c = config_lib.base_config()
-  c.seed = 0
-  c.data.source = 'shapes'
-  c.data.shapes_num_train = 600
-  c.data.shapes_num_val = 100
-  c.data.shapes_image_size = 128
-  c.data.input_size = 96  # train at 96 px: 1.8x the steps of 128 px in the same time
-  c.data.max_objs = 16
+  c = config_lib.shapes_cpu_config(num_steps=2200, warmup_steps=100, eval_every=550)
   c.model.arch = 'resnet'
   c.model.depth = 18
   c.model.head_conv = 64
   # Not official: lateral connections into the up-sampling neck. At 96 px the stride-32 map is
   # 3x3, and the official neck (no skips) learns small-object positions slowly from scratch.
   c.model.neck_skips = True
-  c.train.batch_size = 16
-  c.train.num_steps = 2200
-  c.train.log_every = 50
-  c.train.checkpoint_every = 550
-  c.train.eval_every = 550
-  c.optim.lr = 2e-3
-  c.optim.schedule = 'cosine'
-  c.optim.warmup_steps = 100
-  c.optim.grad_clip = 10.0
-  c.eval.batch_size = 10
   return c
