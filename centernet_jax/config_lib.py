@@ -105,7 +105,8 @@ def base_config() -> ml_collections.ConfigDict:
   # gradient on every backend); 'conv_transpose': lax.conv_transpose.
   c.model.upsample = 'subpixel'
   # Official msra_resnet initialises up-convs N(0, 0.001) and only the last conv of each head
-  # (hm bias -2.19); 'bilinear' / 'fill_fc' are the resnet_dcn / DLA conventions.
+  # (hm bias -2.19); 'bilinear' up-convs and head_init 'fill_fc' (resnet_dcn) or 'dla'
+  # (pose_dla_dcn) are the other official conventions (models/heads.py).
   c.model.deconv_init = 'normal'
   c.model.head_init = 'msra'
   # Not official: lateral 1x1 conv-BN connections from backbone strides 16/8/4 into the neck

@@ -18,7 +18,7 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, schedule='1x')
   c = config_lib.coco_ctdet_config(arch='dla', depth=34, batch_size=128, lr=5e-4)
   c.model.head_conv = 256  # official default for DLA
-  c.model.head_init = 'fill_fc'
+  c.model.head_init = 'dla'  # official pose_dla_dcn head init
   c.model.deconv_init = 'bilinear'
   if arg.schedule == '1x':
     c.train.num_epochs, c.optim.lr_steps = 140, (90, 120)

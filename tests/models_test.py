@@ -368,3 +368,15 @@ def test_neck_skips_adds_lateral_connections():
   assert {f'skip{i}_bn' for i in range(3)} <= set(neck)
   out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
   assert out[0]['hm'].shape == (1, 16, 16, 3)
+
+
+def test_head_init_dla_style():
+  """pose_dla_dcn's fill_fc_weights zeroes the biases of non-heatmap heads, keeps the weights."""
+  wh = _init_head('wh', 2, 256, 'dla')
+  bound0, bound2 = 1 / math.sqrt(64 * 9), 1 / math.sqrt(256)
+  for p, bound in ((wh['0'], bound0), (wh['2'], bound2)):
+    np.testing.assert_array_equal(p['bias'], np.zeros_like(p['bias']))
+    assert float(jnp.abs(p['kernel']).max()) <= bound and float(p['kernel'].std()) > bound / 3
+  hm = _init_head('hm', 80, 256, 'dla')
+  np.testing.assert_array_equal(hm['2']['bias'], np.full(80, -2.19, np.float32))
+  assert float(jnp.abs(hm['0']['bias']).max()) > 0

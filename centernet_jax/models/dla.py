@@ -332,7 +332,7 @@ class DLASeg(nn.Module):
     backbone: a :class:`DLA` (its ``channels`` size the neck).
     heads: ((name, channels), ...).
     head_conv: hidden channels of each head (official 256 for DLA; 0: a single 1x1 conv).
-    head_init: 'fill_fc' (official DLA) or 'msra'; see heads.py.
+    head_init: 'dla' (official pose_dla_dcn), 'fill_fc' or 'msra'; see heads.py.
     up_init: 'bilinear' (official) or 'normal' init of the depthwise up-convs.
     dtype: compute dtype; params are float32, outputs are cast to float32.
   """
@@ -340,7 +340,7 @@ class DLASeg(nn.Module):
   backbone: DLA
   heads: tuple[tuple[str, int], ...]
   head_conv: int = 256
-  head_init: str = 'fill_fc'
+  head_init: str = 'dla'
   up_init: str = 'bilinear'
   dtype: Dtype = jnp.float32
   first_level = 2  # log2(down_ratio = 4)
@@ -385,7 +385,7 @@ def _build(spec, *, heads, head_conv, dtype, deconv_init, head_init, neck_skips)
 def build_centernet(
     *, depth: int = 34, heads: Sequence[tuple[str, int]], head_conv: int = 256,
     dtype: Dtype = jnp.float32, upsample: str = 'subpixel', deconv_init: str = 'bilinear',
-    head_init: str = 'fill_fc', neck_skips: bool = False,
+    head_init: str = 'dla', neck_skips: bool = False,
 ) -> DLASeg:
   """Official ctdet ``dla_34`` (registry builder; keyword arguments as ``build_model`` passes).
 
@@ -396,7 +396,7 @@ def build_centernet(
     dtype: compute dtype.
     upsample: ignored (the depthwise up-convs have one formulation).
     deconv_init: 'bilinear' (official) or 'normal' for the depthwise up-convs.
-    head_init: 'fill_fc' (official DLA) or 'msra'.
+    head_init: 'dla' (official), 'fill_fc' or 'msra'.
     neck_skips: must be False.
   """
   del upsample
@@ -409,7 +409,7 @@ def build_centernet(
 def build_tiny_centernet(
     *, depth: int = 0, heads: Sequence[tuple[str, int]], head_conv: int = 256,
     dtype: Dtype = jnp.float32, upsample: str = 'subpixel', deconv_init: str = 'bilinear',
-    head_init: str = 'fill_fc', neck_skips: bool = False,
+    head_init: str = 'dla', neck_skips: bool = False,
 ) -> DLASeg:
   """A small DLA CenterNet (TINY_SPEC, stride-4 map of 8 channels) for tests; depth ignored."""
   del depth, upsample

@@ -14,9 +14,10 @@ Initialisation, two official styles (``init_style``):
     first one too if head_conv happens to equal the outputs); for heatmap heads its bias is
     -2.19, otherwise its weight is N(0, 0.001) and bias 0. Every other weight and bias keeps
     PyTorch's default conv init.
-  'fill_fc' (resnet_dcn.py, pose_dla_dcn.py): heatmap heads get final bias -2.19 (weights keep the
-    PyTorch default); every conv of other heads gets N(0, 0.001) weights and bias 0
-    (``fill_fc_weights``).
+  'fill_fc' (resnet_dcn.py): heatmap heads get final bias -2.19 (weights keep the PyTorch
+    default); every conv of other heads gets N(0, 0.001) weights and bias 0 (``fill_fc_weights``).
+  'dla' (pose_dla_dcn.py): as 'fill_fc', but its ``fill_fc_weights`` only zeroes the biases of
+    the other heads; their weights keep the PyTorch default.
 A head is a heatmap head when 'hm' is in its name (official ``'hm' in head``).
 """
 
@@ -37,7 +38,7 @@ from centernet_jax.models.layers import (
 
 # Official CenterNet heatmap prior: sigmoid(-2.19) ~= 0.1 (focal-loss prior, as RetinaNet).
 HM_BIAS_INIT = -2.19
-HEAD_INIT_STYLES = ('msra', 'fill_fc')
+HEAD_INIT_STYLES = ('msra', 'fill_fc', 'dla')
 
 
 def _head_conv_inits(
@@ -50,9 +51,10 @@ def _head_conv_inits(
   if init_style == 'msra':
     if features != num_outputs:
       return default
-  elif init_style == 'fill_fc':
+  elif init_style in ('fill_fc', 'dla'):
     if not is_heatmap:
-      return small
+      return small if init_style == 'fill_fc' else (torch_default_kernel_init,
+                                                    nn.initializers.zeros)
     if not is_final:
       return default
   else:
