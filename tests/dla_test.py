@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from centernet_jax.models import dla, resnet_dcn
+from tests.helpers.official import official_to_ours
 
 HEADS = (('hm', 80), ('wh', 2), ('reg', 2))
 # Official parameter names and shapes (copies of shared/reference/official_state_dicts).
@@ -42,26 +43,7 @@ def _is_transpose(path: list[str]) -> bool:
 
 
 def _official_to_ours(key: str, shape: list[int]):
-  """Official dla_34 / resdcn_18 key and shape -> (our variable path, shape); None to skip."""
-  parts = key.split('.')
-  leaf, path = parts[-1], parts[:-1]
-  if leaf == 'num_batches_tracked' or key.startswith('base.fc.'):
-    return None
-  if path[0] == 'base':
-    path = ['backbone', *path[1:]]
-  elif path[0] in ('conv1', 'bn1') or path[0].startswith('layer'):
-    path = ['backbone', *path]
-  if leaf in ('running_mean', 'running_var'):
-    return ('batch_stats', *path, leaf[len('running_'):]), tuple(shape)
-  if leaf == 'bias':
-    return ('params', *path, 'bias'), tuple(shape)
-  if len(shape) == 1:
-    return ('params', *path, 'scale'), tuple(shape)
-  if _is_transpose(path):  # ConvTranspose2d (in, out / groups, kh, kw)
-    cin, cout, kh, kw = shape
-  else:  # Conv2d (out, in, kh, kw); depthwise ConvTranspose2d (C, 1, kh, kw)
-    cout, cin, kh, kw = shape
-  return ('params', *path, 'kernel'), (kh, kw, cin, cout)
+  return official_to_ours(key, shape, _is_transpose)
 
 
 _FULL = {'dla_34': lambda: dla.build_centernet(depth=34, heads=HEADS, head_conv=256),

@@ -15,6 +15,7 @@ import pytest
 
 from centernet_jax.config_lib import base_config
 from centernet_jax.models import build_model, heads, layers, resnet
+from tests.helpers.official import official_to_ours
 
 # Official res_18 parameter names and shapes (copy of shared/reference/official_state_dicts).
 OFFICIAL = pathlib.Path(__file__).parent / 'data' / 'official_res_18.json'
@@ -50,24 +51,8 @@ def _flat_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
 
 
 def _official_to_ours(key: str, shape: list[int]):
-  """Official res_18 state_dict key/shape -> (our variable path, our shape); None to skip."""
-  parts = key.split('.')
-  leaf, path = parts[-1], parts[:-1]
-  if leaf == 'num_batches_tracked':
-    return None
-  if path[0] in ('conv1', 'bn1') or path[0].startswith('layer'):
-    path = ['backbone', *path]
-  if leaf in ('running_mean', 'running_var'):
-    return ('batch_stats', *path, leaf[len('running_'):]), tuple(shape)
-  if leaf == 'bias':
-    return ('params', *path, 'bias'), tuple(shape)
-  if len(shape) == 1:
-    return ('params', *path, 'scale'), tuple(shape)
-  if path[0] == 'deconv_layers':  # ConvTranspose2d weight (in, out, kh, kw)
-    cin, cout, kh, kw = shape
-  else:  # Conv2d weight (out, in, kh, kw)
-    cout, cin, kh, kw = shape
-  return ('params', *path, 'kernel'), (kh, kw, cin, cout)
+  """Official res_18 key/shape -> ours; its ConvTranspose2d weights are deconv_layers.*."""
+  return official_to_ours(key, shape, lambda path: path[0] == 'deconv_layers')
 
 
 def test_res18_param_count_matches_official():
