@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-import time
 
 import jax
 import jax.numpy as jnp
@@ -243,23 +242,6 @@ def test_upconv_formulations_same_params_values_and_gradients():
   (l_sub, g_sub), (l_ct, g_ct) = grad(v, x, m_sub), grad(v, x, m_ct)
   np.testing.assert_allclose(l_sub, l_ct, rtol=1e-5)
   jax.tree_util.tree_map(_assert_close_to_scale, g_sub, g_ct)
-
-
-def test_upconv_value_and_grad_cpu_timing(capsys):
-  """Reports the cost of one 32x32x256 -> 64x64x256 up-conv's value_and_grad per formulation."""
-  x = jax.random.normal(jax.random.key(1), (1, 32, 32, 256))
-  kernel = 0.01 * jax.random.normal(jax.random.key(2), (4, 4, 256, 256))
-  times = {}
-  for impl in layers.UPSAMPLE_IMPLS:
-    fn = jax.jit(jax.value_and_grad(
-        lambda x, k, impl=impl: jnp.sum(layers.conv_transpose_4x4_s2(x, k, impl) ** 2), (0, 1)))
-    jax.block_until_ready(fn(x, kernel))
-    start = time.perf_counter()
-    jax.block_until_ready(fn(x, kernel))
-    times[impl] = time.perf_counter() - start
-  with capsys.disabled():
-    print('\nvalue_and_grad, one up-conv 32x32x256 -> 64x64x256 on',
-          jax.devices()[0].platform, ', '.join(f'{k}: {v * 1e3:.0f} ms' for k, v in times.items()))
 
 
 # ----------------------------------------------------------------------------------------------
