@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
 from centernet_jax import boxes as boxes_lib
-from centernet_jax import checkpoint, config_lib, sharding, steps
+from centernet_jax import checkpoint, config_lib, sharding, tasks
 from centernet_jax.evaluation import coco as coco_eval
 from centernet_jax.models import build_model
 
@@ -51,7 +51,7 @@ def predict_dataset(config, model, variables, info) -> list[dict]:
   mesh = local_mesh()
   n_local = len(jax.local_devices())
   batch_size = -(-max(config.eval.batch_size, 1) // n_local) * n_local
-  predict = jax.jit(steps.make_predict_fn(model, K=config.eval.K, flip_test=config.eval.flip_test),
+  predict = jax.jit(tasks.make_predict_fn(config, model),
                     in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))))
   variables = to_local(variables, mesh)
   down = config.model.down_ratio

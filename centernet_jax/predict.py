@@ -28,7 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from centernet_jax import boxes as boxes_lib
-from centernet_jax import checkpoint, config_lib, steps
+from centernet_jax import checkpoint, config_lib, tasks
 from centernet_jax.evaluation import coco as coco_eval
 from centernet_jax.evaluation import visualize
 
@@ -43,8 +43,7 @@ class Detector:
     self.class_names = list(meta['class_names'])
     self.category_ids = [int(c) for c in meta['category_ids']]
     self._variables = jax.device_put(variables)
-    self._predict = jax.jit(steps.make_predict_fn(model, K=config.eval.K,
-                                                  flip_test=config.eval.flip_test))
+    self._predict = jax.jit(tasks.make_predict_fn(config, model))
 
   @classmethod
   def from_checkpoint(cls, config: ml_collections.ConfigDict, path: str,

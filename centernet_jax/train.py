@@ -22,7 +22,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from centernet_jax import checkpoint, config_lib, optim, sharding, steps
+from centernet_jax import checkpoint, config_lib, optim, sharding, steps, tasks
 from centernet_jax.metric_writer import MetricWriter
 from centernet_jax.models import build_model
 
@@ -150,10 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_step = int(jax.device_get(state.step))
 
   # --- Update step: one compile, state donated -----------------------------------------------
-  train_step = steps.make_train_step(
-      model, tx, num_classes=config.model.num_classes, down_ratio=config.model.down_ratio,
-      min_overlap=config.loss.min_overlap, hm_weight=config.loss.hm_weight,
-      wh_weight=config.loss.wh_weight, off_weight=config.loss.off_weight, schedule=schedule)
+  train_step = tasks.make_train_step(config, model, tx, schedule)
   train_step = jax.jit(train_step, donate_argnums=(0,),
                        in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
                        out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
