@@ -69,6 +69,9 @@ def data_config() -> ml_collections.ConfigDict:
   d.scale_min = 0.6
   d.scale_max = 1.4
   d.scale_step = 0.1
+  # Crop side: 0 = max(H, W) * scale (official CenterNet); N > 0 = N * scale (official
+  # CornerNet cuts a 511 * scale square whatever the image size).
+  d.crop_base = 0
   d.shift = 0.1  # used when rand_crop is False
   d.scale = 0.4  # used when rand_crop is False
   d.flip = 0.5

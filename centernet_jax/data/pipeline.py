@@ -115,7 +115,7 @@ def _train_kwargs(data_cfg) -> dict:
       scale_choices=np.arange(data_cfg.scale_min, data_cfg.scale_max, data_cfg.scale_step),
       rand_crop=data_cfg.rand_crop, shift=data_cfg.shift, scale=data_cfg.scale,
       flip=data_cfg.flip, color_aug=data_cfg.color_aug, channel_order=data_cfg.channel_order,
-      mean=tuple(data_cfg.mean), std=tuple(data_cfg.std))
+      mean=tuple(data_cfg.mean), std=tuple(data_cfg.std), crop_base=int(data_cfg.crop_base))
 
 
 def _parallel(data_cfg) -> int:

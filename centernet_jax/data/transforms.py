@@ -132,7 +132,7 @@ def get_border(size, border: int = BORDER):
 
 
 def random_crop(seed, height, width, *, scale_choices: Sequence[float], rand_crop: bool,
-                shift: float, scale: float):
+                shift: float, scale: float, crop_base: int = 0):
   """Random crop centre and size (official ctdet training).
 
   Args:
@@ -142,6 +142,9 @@ def random_crop(seed, height, width, *, scale_choices: Sequence[float], rand_cro
     rand_crop: True: ``s = max(H, W) * choice``, centre ~ randint(border, size - border);
       False: gaussian ``c += s * clip(N * shift, +-2 shift)``, ``s *= clip(N * scale + 1)``.
     shift, scale: the ``not_rand_crop`` parameters.
+    crop_base: 0: the crop side is ``max(H, W) * choice`` (official CenterNet); > 0: it is
+      ``crop_base * choice`` whatever the image size (official CornerNet ``random_crop``, which
+      cuts a 511 * scale square).
 
   Returns:
     center [2] float32, s [] float32.
@@ -149,6 +152,8 @@ def random_crop(seed, height, width, *, scale_choices: Sequence[float], rand_cro
   h = tf.cast(height, tf.int32)
   w = tf.cast(width, tf.int32)
   s = tf.cast(tf.maximum(h, w), tf.float32)
+  if crop_base > 0:
+    s = tf.constant(float(crop_base), tf.float32)
   seeds = tf.random.experimental.stateless_split(seed, 3)
   if rand_crop:
     choices = tf.constant(np.asarray(scale_choices, np.float32))
@@ -249,7 +254,7 @@ def train_transform(image, boxes, labels, seed, *, input_size: int, max_objs: in
                     scale_choices: Sequence[float], rand_crop: bool = True, shift: float = 0.1,
                     scale: float = 0.4, flip: float = 0.5, color_aug: bool = True,
                     channel_order: str = 'BGR', mean: Sequence[float] = (0.0, 0.0, 0.0),
-                    std: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
+                    std: Sequence[float] = (1.0, 1.0, 1.0), crop_base: int = 0) -> dict:
   """Official ctdet training pre-processing of one image.
 
   Args:
@@ -269,7 +274,7 @@ def train_transform(image, boxes, labels, seed, *, input_size: int, max_objs: in
   height, width = shape[0], shape[1]
   seeds = tf.random.experimental.stateless_split(seed, 3)
   center, s = random_crop(seeds[0], height, width, scale_choices=scale_choices,
-                          rand_crop=rand_crop, shift=shift, scale=scale)
+                          rand_crop=rand_crop, shift=shift, scale=scale, crop_base=crop_base)
   flipped = tf.random.stateless_uniform([], seeds[1]) < flip
   w_f = tf.cast(width, tf.float32)
   center = tf.where(flipped, tf.stack([w_f - center[0] - 1, center[1]]), center)
