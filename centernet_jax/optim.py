@@ -23,7 +23,11 @@ def make_schedule(optim_cfg: ml_collections.ConfigDict, *, batch_size: int,
   peak = learning_rate(optim_cfg, batch_size)
   warmup = int(optim_cfg.warmup_steps)
   if optim_cfg.schedule == 'step':
-    boundaries = {int(e * steps_per_epoch): 0.1 for e in optim_cfg.lr_steps}
+    unit = optim_cfg.get('lr_steps_unit', 'epochs')
+    if unit not in ('epochs', 'steps'):
+      raise ValueError(f"config.optim.lr_steps_unit={unit!r}: use 'epochs' or 'steps'")
+    per = steps_per_epoch if unit == 'epochs' else 1
+    boundaries = {int(e * per): 0.1 for e in optim_cfg.lr_steps}
     main = optax.piecewise_constant_schedule(peak, boundaries)
     if warmup <= 0:
       return main
