@@ -128,7 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.base_lr = 1.25e-4
   c.optim.base_batch = 32
   c.optim.schedule = 'step'  # 'step' (official) or 'cosine'
-  c.optim.lr_steps = (90, 120)  # epochs at which lr is multiplied by 0.1
+  c.optim.lr_steps = (90, 120)  # epochs (or steps) at which lr is multiplied by 0.1
+  c.optim.lr_steps_unit = 'epochs'  # 'steps' for iteration-based recipes (CornerNet: 450k)
   c.optim.warmup_steps = 0
   c.optim.grad_clip = 0.0  # 0: off (official)
   c.optim.weight_decay = 0.0  # official Adam has none
