@@ -1,4 +1,7 @@
-"""CenterNet losses (official `models/losses.py`, `trains/ctdet.py`; PARITY 4.4).
+"""CenterNet and CornerNet losses.
+
+CenterNet: official `models/losses.py`, `trains/ctdet.py` (PARITY 4.4).
+CornerNet: official `models/py_utils/kp_utils.py` and `kp.py: AELoss` (PARITY 4.8).
 
 All reductions run over the whole batch passed in: under jit with a global
 batch, the focal loss is normalised by the global number of positives (the
@@ -107,6 +110,9 @@ def ctdet_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """CenterNet detection loss, each term averaged over stacks.
 
+  As the official `CtdetLoss`, which adds every stack's hm, wh and off loss
+  divided by num_stacks (Hourglass-104 has two stacks).
+
   Defaults are the official weights (hm 1, wh 0.1, off 1). A stack without a
   'reg' head (official `--not_reg_offset`) contributes 0 offset loss.
 
@@ -133,4 +139,135 @@ def ctdet_loss(
                               targets['reg']) / num_stacks
   total = hm_weight * hm_loss + wh_weight * wh_loss + off_weight * off_loss
   parts = {'hm_loss': hm_loss, 'wh_loss': wh_loss, 'off_loss': off_loss, 'loss': total}
+  return total, parts
+
+
+def smooth_l1(x: jax.Array) -> jax.Array:
+  """Elementwise smooth-L1, beta 1 (torch `smooth_l1_loss`): 0.5 x^2 if |x| < 1, else |x| - 0.5."""
+  ax = jnp.abs(x)
+  return jnp.where(ax < 1, 0.5 * x * x, ax - 0.5)
+
+
+def corner_regr_loss(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Official CornerNet `_regr_loss`: smooth-L1 summed over both coordinates of the
+  masked objects, divided by (num_obj + 1e-4) (not 2 * num_obj, unlike `reg_l1_loss`).
+
+  Args:
+    pred: [B, M, 2] offsets gathered at the target corners.
+    target: [B, M, 2] target offsets.
+    mask: [B, M] object mask.
+
+  Returns:
+    scalar float32 loss.
+  """
+  m = mask.astype(jnp.float32)
+  diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
+  # jnp.where, not a product: garbage in masked rows cannot leak (NaN * 0 = NaN).
+  loss = jnp.sum(jnp.where(m[..., None] > 0, smooth_l1(jnp.where(m[..., None] > 0, diff, 0.0)),
+                           0.0))
+  return loss / (jnp.sum(m) + 1e-4)
+
+
+def ae_loss(tl_tag: jax.Array, br_tag: jax.Array,
+            mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Associative-embedding pull and push losses (official `_ae_loss`), summed over images.
+
+  Per image with N = sum(mask) objects and e_k = (tl_k + br_k) / 2:
+  pull = sum_k [(tl_k - e_k)^2 + (br_k - e_k)^2] / (N + 1e-4);
+  push = sum over all N^2 valid pairs (j, k), diagonal included, of
+  [relu(1 - |e_j - e_k|) - 1 / (N + 1e-4)] / (N (N - 1) + 1e-4).
+  Subtracting 1/N per entry cancels the diagonal's N * 1 up to the eps terms, so
+  for N >= 2 push is the published sum over j != k / (N (N - 1)) plus a constant
+  ~1e-4 / (N (N - 1)); for N = 1 the official expression is the constant
+  (1 - 1 / 1.0001) / 1e-4 = 0.9999 (no gradient: d|x|/dx = 0 at 0), kept for
+  parity of the logged values; for N = 0 both terms are 0. Values and gradients
+  are finite for any mask, including a batch of one image (where the official
+  `squeeze()` breaks).
+
+  Args:
+    tl_tag: [B, M] top-left embeddings gathered at the target corners.
+    br_tag: [B, M] bottom-right embeddings.
+    mask: [B, M] object mask.
+
+  Returns:
+    (pull, push) float32 scalars, each summed over the B images.
+  """
+  m = (mask != 0).astype(jnp.float32)
+  tl = jnp.where(m > 0, tl_tag.astype(jnp.float32), 0.0)
+  br = jnp.where(m > 0, br_tag.astype(jnp.float32), 0.0)
+  num = jnp.sum(m, axis=1, keepdims=True)  # [B, 1]
+  mean = (tl + br) / 2
+  pull = jnp.sum(m * ((tl - mean) ** 2 + (br - mean) ** 2) / (num + 1e-4))
+
+  pair = m[:, :, None] * m[:, None, :]  # [B, M, M], diagonal included as official
+  num = num[:, :, None]
+  dist = jax.nn.relu(1 - jnp.abs(mean[:, :, None] - mean[:, None, :]))
+  dist = (dist - 1 / (num + 1e-4)) / ((num - 1) * num + 1e-4)
+  push = jnp.sum(pair * dist)
+  return pull, push
+
+
+def cornernet_loss(
+    outputs: Sequence[Mapping[str, jax.Array]],
+    targets: Mapping[str, jax.Array],
+    *,
+    pull_weight: float = 0.1,
+    push_weight: float = 0.1,
+    regr_weight: float = 1.0,
+    images_per_chunk: float | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """CornerNet loss (official `AELoss`): every term summed over stacks, the total / num_stacks.
+
+  total = (sum_s [focal(tl_s) + focal(br_s)] + pull_weight * sum_s pull_s
+           + push_weight * sum_s push_s + regr_weight * sum_s [regr(tl_s) + regr(br_s)])
+          / num_stacks,
+  official weights pull 0.1, push 0.1, regr 1. The focal loss is `focal_loss`
+  (clamped sigmoid, normalised by the positives of the batch passed in,
+  separately for each corner type and stack); offsets use `corner_regr_loss`.
+
+  Pull and push are sums over images. The official code computes the loss per
+  GPU chunk and averages the chunks, so its pull/push is a sum over one chunk's
+  images (4 or 5 of the batch of 49 in `CornerNet.json`) while the focal and
+  offset terms are batch-size free. `images_per_chunk` reproduces that scale
+  with a global batch: pull and push are multiplied by images_per_chunk / B
+  (4.9 for the official 49 images over 10 chunks); None sums over the whole
+  batch (the official rule for a single chunk).
+
+  Args:
+    outputs: list over stacks of {'tl_heat', 'br_heat': [B, h, w, C] logits,
+      'tl_tag', 'br_tag': [B, h, w, 1], 'tl_regr', 'br_regr': [B, h, w, 2]} (raw NHWC).
+    targets: from `targets.cornernet_targets`: tl_heat, br_heat [B, h, w, C],
+      tl_tag, br_tag [B, M] int32, tl_regr, br_regr [B, M, 2], tag_mask [B, M].
+    pull_weight: pull loss weight.
+    push_weight: push loss weight.
+    regr_weight: offset loss weight.
+    images_per_chunk: see above.
+
+  Returns:
+    (total, {'focal_loss', 'pull_loss', 'push_loss', 'regr_loss', 'loss'}): float32
+    scalars; the parts are unweighted and divided by num_stacks, so total =
+    focal_loss + pull_weight * pull_loss + push_weight * push_loss + regr_weight * regr_loss.
+  """
+  num_stacks = len(outputs)
+  mask = targets['tag_mask']
+  batch = mask.shape[0]
+  tag_scale = 1.0 if images_per_chunk is None else float(images_per_chunk) / batch
+  zero = jnp.zeros((), jnp.float32)
+  focal = pull = push = regr = zero
+  for out in outputs:
+    focal += focal_loss(out['tl_heat'], targets['tl_heat'])
+    focal += focal_loss(out['br_heat'], targets['br_heat'])
+    tl_tag = gather_feat(out['tl_tag'], targets['tl_tag'])[..., 0]
+    br_tag = gather_feat(out['br_tag'], targets['br_tag'])[..., 0]
+    p, q = ae_loss(tl_tag, br_tag, mask)
+    pull += p * tag_scale
+    push += q * tag_scale
+    regr += corner_regr_loss(gather_feat(out['tl_regr'], targets['tl_tag']),
+                             targets['tl_regr'], mask)
+    regr += corner_regr_loss(gather_feat(out['br_regr'], targets['br_tag']),
+                             targets['br_regr'], mask)
+  focal, pull, push, regr = (x / num_stacks for x in (focal, pull, push, regr))
+  total = focal + pull_weight * pull + push_weight * push + regr_weight * regr
+  parts = {'focal_loss': focal, 'pull_loss': pull, 'push_loss': push, 'regr_loss': regr,
+           'loss': total}
   return total, parts
