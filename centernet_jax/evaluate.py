@@ -44,6 +44,10 @@ def to_local(variables: dict, mesh: Mesh) -> dict:
 def predict_dataset(config, model, variables, info) -> list[dict]:
   """Runs model + decode over this process's share of the validation split.
 
+  With several ``config.eval.test_scales`` every scale is predicted, mapped back to original
+  pixels, and the scales are merged with per-class soft-NMS and the top ``eval.K`` (official
+  multi-scale testing).
+
   Returns COCO result dicts for every image of the split (gathered over processes).
   """
   from centernet_jax.data import pipeline
@@ -51,25 +55,42 @@ def predict_dataset(config, model, variables, info) -> list[dict]:
   mesh = local_mesh()
   n_local = len(jax.local_devices())
   batch_size = -(-max(config.eval.batch_size, 1) // n_local) * n_local
+  scales = tuple(float(s) for s in config.eval.test_scales)
+  merge = tasks.multi_scale(config)
   predict = jax.jit(tasks.make_predict_fn(config, model),
                     in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))))
+  cornernet = tasks.task_of(config.model) == 'cornernet'
+  nms = jax.jit(tasks.make_nms(config, merge_boxes=cornernet)) if merge else None
   variables = to_local(variables, mesh)
   down = config.model.down_ratio
   rows = []  # per image: image_id, boxes [K, 4] original pixels, scores [K], labels [K]
-  it = pipeline.create_eval_iterator(
+  iterators = [pipeline.create_eval_iterator(
       config.data, info=info, batch_size=batch_size, num_images=config.eval.num_images,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  for batch in _progress(it, info, config.eval.num_images):
-    out = jax.device_get(predict(variables, batch['image']))
-    for i in np.flatnonzero(batch['valid']):
-      in_h, in_w = (int(v) for v in batch['input_hw'][i])
-      boxes = boxes_lib.transform_preds(out['boxes'][i], batch['center'][i], batch['scale'][i],
-                                        (in_w // down, in_h // down))
-      rows.append((int(batch['image_id'][i]), boxes, out['scores'][i], out['classes'][i]))
+      process_index=jax.process_index(), process_count=jax.process_count(), test_scale=s)
+      for s in scales]
+  for batches in _progress(zip(*iterators, strict=True), info, config.eval.num_images):
+    per_scale = []  # [scale] -> detections, boxes [b, N, 4] in original pixels
+    for batch in batches:
+      out = jax.device_get(predict(variables, batch['image']))
+      boxes = np.stack([
+          boxes_lib.transform_preds(out['boxes'][i], batch['center'][i], batch['scale'][i],
+                                    (int(batch['input_hw'][i][1]) // down,
+                                     int(batch['input_hw'][i][0]) // down))
+          for i in range(len(out['boxes']))])
+      per_scale.append(dict(out, boxes=boxes))
+    merged = {k: np.concatenate([d[k] for d in per_scale], axis=1) for k in per_scale[0]}
+    if nms is not None:
+      merged = jax.device_get(nms(merged))
+    boxes, scores, classes = merged['boxes'], merged['scores'], merged['classes']
+    first = batches[0]
+    for i in np.flatnonzero(first['valid']):
+      rows.append((int(first['image_id'][i]), boxes[i], scores[i], classes[i]))
   rows = _gather(rows, config.eval.K)
   dets = []
   for image_id, boxes, scores, labels in rows:
-    dets.extend(coco_eval.detections_to_coco(boxes, scores, labels, image_id, info.category_ids,
+    keep = scores > 0  # CornerNet: rejected pairs (-1) and entries soft-NMS suppressed (0)
+    dets.extend(coco_eval.detections_to_coco(boxes[keep], scores[keep], labels[keep], image_id,
+                                             info.category_ids,
                                              round_results=config.eval.round_results))
   return dets
 

@@ -43,7 +43,7 @@ class Detector:
     self.class_names = list(meta['class_names'])
     self.category_ids = [int(c) for c in meta['category_ids']]
     self._variables = jax.device_put(variables)
-    self._predict = jax.jit(tasks.make_predict_fn(config, model))
+    self._predict = jax.jit(tasks.make_predict_fn(config, model, merge_later=False))
 
   @classmethod
   def from_checkpoint(cls, config: ml_collections.ConfigDict, path: str,
@@ -81,7 +81,7 @@ class Detector:
       boxes = np.clip(boxes, 0, [orig_w, orig_h, orig_w, orig_h])
       dets = []
       for box, score, label in zip(boxes, out['scores'][0], out['classes'][0], strict=True):
-        if score < score_threshold:
+        if score < score_threshold or score <= 0:  # CornerNet: rejected / suppressed
           continue
         dets.append({'bbox': [float(v) for v in box], 'score': float(score), 'label': int(label),
                      'category_id': self.category_ids[int(label)],
