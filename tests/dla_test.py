@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from centernet_jax.convert import official_to_ours
 from centernet_jax.models import dla, resnet_dcn
-from tests.helpers.official import official_to_ours
 
 HEADS = (('hm', 80), ('wh', 2), ('reg', 2))
 # Official parameter names and shapes (copies of shared/reference/official_state_dicts).

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from centernet_jax.config_lib import base_config
+from centernet_jax.convert import official_to_ours
 from centernet_jax.models import build_model, heads, layers, resnet
-from tests.helpers.official import official_to_ours
 
 # Official res_18 parameter names and shapes (copy of shared/reference/official_state_dicts).
 OFFICIAL = pathlib.Path(__file__).parent / 'data' / 'official_res_18.json'

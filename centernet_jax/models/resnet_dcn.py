@@ -13,6 +13,10 @@ I, O), BN weight -> scale, running_mean/var -> batch_stats mean/var)::
     deconv_layers.{1,4,7,10,13,16}         -> deconv_layers/{1,4,...}/{scale,bias}  (BN)
     deconv_layers.{3,9,15}.weight          -> deconv_layers/{3,9,15}/kernel         (UpConv)
     hm.0 / hm.2 (wh, reg)                  -> hm/0, hm/2 (wh, reg)
+
+mmdetection's CenterNet ResNet-18 (``CTResNetNeck`` + ``CenterNetHead``) is the same network
+except that its neck convs (ConvModule with BN) have no bias, and its no-DCN variant uses a plain
+3x3 conv: archs ``mmdet_resdcn`` and ``mmdet_resnet`` (:func:`build_mmdet_centernet`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import jax.numpy as jnp
 
 from centernet_jax.models import resnet
 from centernet_jax.models.heads import make_head
-from centernet_jax.models.layers import DECONV_INITS, Dtype, UpConv, batch_norm
+from centernet_jax.models.layers import DECONV_INITS, Dtype, UpConv, batch_norm, conv
 from centernet_jax.ops.deform_conv import DeformConv
 
 
@@ -39,12 +43,16 @@ class DCNNeck(nn.Module):
     upsample: 'subpixel' or 'conv_transpose' (same parameter, same maths).
     deconv_init: 'bilinear' (official fill_up_weights) or 'normal' (N(0, 0.001)).
     dtype: compute dtype.
+    dcn: DCNv2 3x3 convs (official); False: plain 3x3 convs (mmdet CTResNetNeck use_dcn=False).
+    conv_bias: bias on the 3x3 convs (official True; mmdet's ConvModule has none).
   """
 
   filters: Sequence[int] = (256, 128, 64)
   upsample: str = 'subpixel'
   deconv_init: str = 'bilinear'
   dtype: Dtype = jnp.float32
+  dcn: bool = True
+  conv_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -52,7 +60,11 @@ class DCNNeck(nn.Module):
     if self.deconv_init not in DECONV_INITS:
       raise ValueError(f'unknown deconv_init {self.deconv_init!r}; known: {sorted(DECONV_INITS)}')
     for i, features in enumerate(self.filters):
-      x = DeformConv(features, 3, dtype=self.dtype, name=str(6 * i))(x)
+      if self.dcn:
+        x = DeformConv(features, 3, use_bias=self.conv_bias, dtype=self.dtype,
+                       name=str(6 * i))(x)
+      else:
+        x = conv(features, 3, use_bias=self.conv_bias, dtype=self.dtype, name=str(6 * i))(x)
       x = nn.relu(batch_norm(train, dtype=self.dtype, name=str(6 * i + 1))(x))
       x = UpConv(features, self.upsample, DECONV_INITS[self.deconv_init], self.dtype,
                  name=str(6 * i + 3))(x)
@@ -72,6 +84,7 @@ class ResDCN(nn.Module):
     deconv_init: 'bilinear' (official) or 'normal'.
     head_init: 'fill_fc' (official resnet_dcn) or 'msra'.
     dtype: compute dtype; params float32, outputs float32.
+    neck_dcn, neck_bias: DCNNeck's dcn and conv_bias (mmdet variants: see the module docstring).
   """
 
   backbone: nn.Module
@@ -82,13 +95,15 @@ class ResDCN(nn.Module):
   deconv_init: str = 'bilinear'
   head_init: str = 'fill_fc'
   dtype: Dtype = jnp.float32
+  neck_dcn: bool = True
+  neck_bias: bool = True
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool) -> list[dict[str, jax.Array]]:
     """[B, H, W, 3] (H, W multiples of 32) -> [{name: [B, H/4, W/4, channels] float32}]."""
     x = self.backbone(images, train=train)[-1]
-    x = DCNNeck(self.neck_filters, self.upsample, self.deconv_init, self.dtype,
-                name='deconv_layers')(x, train)
+    x = DCNNeck(self.neck_filters, self.upsample, self.deconv_init, self.dtype, self.neck_dcn,
+                self.neck_bias, name='deconv_layers')(x, train)
     out = {}
     for name, num_outputs in self.heads:
       head = make_head(name, num_outputs, self.head_conv, in_features=x.shape[-1],
@@ -134,3 +149,20 @@ def build_tiny_centernet(
   _check(neck_skips)
   return ResDCN(resnet.TinyResNet(dtype=dtype), tuple(heads), head_conv, (16, 16, 16),
                 upsample, deconv_init, head_init, dtype)
+
+
+def build_mmdet_centernet(
+    *, depth: int = 18, heads: Sequence[tuple[str, int]], head_conv: int = 64,
+    dtype: Dtype = jnp.float32, upsample: str = 'subpixel', deconv_init: str = 'bilinear',
+    head_init: str = 'fill_fc', neck_skips: bool = False, dcn: bool = True, tiny: bool = False,
+) -> ResDCN:
+  """mmdetection CenterNet: ResNet -> CTResNetNeck (3 x [conv 3x3 (DCNv2 when ``dcn``, no bias)
+  -> BN -> ReLU -> ConvTranspose 4x4/2 -> BN -> ReLU], 256, 128, 64) -> CenterNetHead (feat 64).
+
+  Args as :func:`build_centernet`; ``tiny`` builds TinyResNet with a 16-channel neck (tests).
+  """
+  _check(neck_skips)
+  backbone = resnet.TinyResNet(dtype=dtype) if tiny else resnet.resnet(depth, dtype=dtype)
+  filters = (16, 16, 16) if tiny else (256, 128, 64)
+  return ResDCN(backbone, tuple(heads), head_conv, filters, upsample, deconv_init, head_init,
+                dtype, neck_dcn=dcn, neck_bias=False)
