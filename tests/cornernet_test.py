@@ -27,11 +27,13 @@ def _two_stack_config(smoke_config, arch):
   return cfg
 
 
-@pytest.mark.parametrize('arch,loss_keys', [
-    ('cornernet_tiny', ('focal_loss', 'pull_loss', 'push_loss', 'regr_loss')),
-    ('hourglass_tiny', ('hm_loss', 'wh_loss', 'off_loss')),
+# The multi-scale and predict paths are the same code for both tasks; the (slow to compile)
+# two-stack CenterNet only trains and evaluates.
+@pytest.mark.parametrize('arch,loss_keys,full', [
+    ('cornernet_tiny', ('focal_loss', 'pull_loss', 'push_loss', 'regr_loss'), True),
+    ('hourglass_tiny', ('hm_loss', 'wh_loss', 'off_loss'), False),
 ])
-def test_two_stack_models_train_evaluate_predict(smoke_config, tmp_path, arch, loss_keys):
+def test_two_stack_models_train_evaluate_predict(smoke_config, tmp_path, arch, loss_keys, full):
   cfg = _two_stack_config(smoke_config, arch)
   workdir = str(tmp_path / arch)
   metrics = train.train_and_evaluate(cfg, workdir)
@@ -41,6 +43,8 @@ def test_two_stack_models_train_evaluate_predict(smoke_config, tmp_path, arch, l
     for key in loss_keys + ('loss', 'grad_norm'):
       assert np.isfinite(r[f'train/{key}']), (key, r)
   assert set(metrics) >= {'AP', 'AP50', 'AR100'}
+  if not full:
+    return
 
   # Multi-scale evaluation: two scales merged with soft-NMS, at most K boxes per image.
   ms = cfg.copy_and_resolve_references()
