@@ -5,11 +5,22 @@ Layout of ``<workdir>/checkpoints/<step>/``:
   opt/    {'opt_state', 'step'}: what resuming training needs on top;
   meta/   JSON: the model config, class names and category ids, so a mismatching workdir is
           reported by name instead of failing inside a restore.
+
+Atomicity (orbax-checkpoint 0.12.x on a local or network file system): a save writes
+``<step>.orbax-checkpoint-tmp/`` (each item in ``<item>.orbax-checkpoint-tmp/``), writes
+``commit_success.txt`` into it and renames it to ``<step>/``. A process killed before the rename
+leaves only the tmp directory; Orbax never lists it as a step. :func:`set_aside_partial` moves
+such leftovers (and step directories lacking the commit marker or an item) out of the way, to
+``<workdir>/checkpoints_partial/``, before a training run opens its checkpoints.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
+import time
 from typing import Any
 
 import jax
@@ -21,8 +32,80 @@ from centernet_jax.steps import TrainState
 _RUNTIME_ONLY = ('dtype', 'upsample', 'deconv_init', 'head_init')
 
 
+ITEMS = ('model', 'opt', 'meta')
+COMMIT_FILE = 'commit_success.txt'  # orbax 0.12: written into the tmp dir just before the rename
+TMP_MARKER = '.orbax-checkpoint-tmp'
+
+
 class ModelMismatchError(ValueError):
   """A checkpoint was written by a model other than the one configured."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written; earlier checkpoints are untouched."""
+
+
+def why_incomplete(path: str, items: tuple[str, ...] = ITEMS) -> str | None:
+  """Why ``path`` (an entry of a checkpoint directory) is not a complete checkpoint, or None.
+
+  Complete: the name is a step number, the commit marker (``commit_success.txt``, or a
+  ``commit_timestamp_nsecs`` in ``_CHECKPOINT_METADATA``) is there, and every item directory is
+  there with its own commit marker.
+  """
+  name = os.path.basename(path)
+  if TMP_MARKER in name:
+    return 'an Orbax temporary directory (the save never reached its final rename)'
+  if not name.isdigit():
+    return None  # not a step directory: not ours to judge
+  if not os.path.isdir(path):
+    return 'not a directory'
+  committed = os.path.exists(os.path.join(path, COMMIT_FILE))
+  if not committed:
+    try:
+      with open(os.path.join(path, '_CHECKPOINT_METADATA')) as f:
+        committed = bool(json.load(f).get('commit_timestamp_nsecs'))
+    except (OSError, ValueError):
+      committed = False
+  if not committed:
+    return f'no commit marker ({COMMIT_FILE} or a commit time in _CHECKPOINT_METADATA)'
+  for item in items:
+    item_dir = os.path.join(path, item)
+    if not os.path.isdir(item_dir):
+      return f'item {item!r} is missing'
+    if not os.listdir(item_dir):
+      return f'item {item!r} is empty'
+  return None
+
+
+def set_aside_partial(directory: str, partial_dir: str) -> list[tuple[str, str]]:
+  """Moves incomplete checkpoints out of ``directory`` into ``partial_dir`` (never deletes).
+
+  Args:
+    directory: a checkpoint directory (``<workdir>/checkpoints``); may not exist yet.
+    partial_dir: where to move them (``<workdir>/checkpoints_partial``); each keeps its name
+      with the time of the move appended.
+
+  Returns:
+    (moved-to path, reason) for each entry moved; each move is logged as a warning.
+  """
+  moved = []
+  if not os.path.isdir(directory):
+    return moved
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    reason = why_incomplete(path)
+    if reason is None:
+      continue
+    os.makedirs(partial_dir, exist_ok=True)
+    dest = os.path.join(partial_dir, f'{name}.{time.strftime("%Y%m%d-%H%M%S")}')
+    k = 1
+    while os.path.exists(dest):
+      dest = os.path.join(partial_dir, f'{name}.{time.strftime("%Y%m%d-%H%M%S")}.{k}')
+      k += 1
+    shutil.move(path, dest)
+    logging.warning('Incomplete checkpoint %s (%s) moved to %s', path, reason, dest)
+    moved.append((dest, reason))
+  return moved
 
 
 def _abstract(tree: Any) -> Any:
@@ -60,11 +143,41 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, state: TrainState, meta: dict, *, force: bool = False) -> bool:
+    """Starts an asynchronous save (after the previous one finished).
+
+    Raises:
+      CheckpointWriteError: the directory vanished, or this or the previous save failed (disk
+        full, read-only, ...). Committed checkpoints are never touched by a failed save.
+    """
     step = int(jax.device_get(state.step))
-    return self._manager.save(step, args=ocp.args.Composite(
-        model=ocp.args.StandardSave({'params': state.params, 'batch_stats': state.batch_stats}),
-        opt=ocp.args.StandardSave({'opt_state': state.opt_state, 'step': state.step}),
-        meta=ocp.args.JsonSave(meta)), force=force)
+    if not os.path.isdir(self.directory):
+      raise CheckpointWriteError(
+          f'cannot write the checkpoint of step {step}: the checkpoint directory '
+          f'{self.directory} no longer exists (was the workdir deleted or unmounted?)')
+    try:
+      return self._manager.save(step, args=ocp.args.Composite(
+          model=ocp.args.StandardSave({'params': state.params,
+                                       'batch_stats': state.batch_stats}),
+          opt=ocp.args.StandardSave({'opt_state': state.opt_state, 'step': state.step}),
+          meta=ocp.args.JsonSave(meta)), force=force)
+    except Exception as e:  # noqa: BLE001 - Orbax raises many types; all mean "not written"
+      raise self._write_error(f'step {step}', e) from e
+
+  def _write_error(self, what: str, error: Exception) -> CheckpointWriteError:
+    good = self._committed_steps()
+    last = (f'the last complete checkpoint is step {max(good)} in {self.directory}' if good
+            else f'there is no complete checkpoint in {self.directory}')
+    return CheckpointWriteError(
+        f'cannot write the checkpoint ({what}) to {self.directory}: '
+        f'{type(error).__name__}: {error}. Check free space and permissions; {last} (untouched).')
+
+  def _committed_steps(self) -> list[int]:
+    try:
+      names = os.listdir(self.directory)
+    except OSError:
+      return []
+    return sorted(int(n) for n in names
+                  if n.isdigit() and why_incomplete(os.path.join(self.directory, n)) is None)
 
   def restore_meta(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
@@ -103,7 +216,11 @@ class Checkpointer:
     return step, restored['model']
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Blocks until the last save is committed; raises CheckpointWriteError if it failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._write_error('asynchronous save', e) from e
 
   def close(self) -> None:
     self._manager.close()
@@ -111,6 +228,11 @@ class Checkpointer:
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, 'checkpoints')
+
+
+def partial_dir(workdir: str) -> str:
+  """Where :func:`set_aside_partial` puts incomplete checkpoints of a training workdir."""
+  return os.path.join(workdir, 'checkpoints_partial')
 
 
 def split_checkpoint_path(path: str) -> tuple[str, int | None]:
@@ -122,3 +244,78 @@ def split_checkpoint_path(path: str) -> tuple[str, int | None]:
   if os.path.isdir(os.path.join(path, 'checkpoints')):
     return os.path.join(path, 'checkpoints'), None
   return path, None
+
+
+def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flatten(v, (*prefix, str(k))))
+  return out
+
+
+def init_variables_from(path: str, target: dict, meta: dict) -> tuple[int, dict]:
+  """``config.init``: a checkpoint's variables wherever they fit ``target``, target's elsewhere.
+
+  Variables whose path and shape match are copied (onto target's dtypes and shardings). Two
+  differences are allowed, and logged by name: variables the checkpoint lacks (the neck and
+  heads after an ImageNet backbone from ``centernet_jax.convert``), and variables differing only
+  in their last axis (heads with another class count); both keep target's fresh initialisation.
+  Anything else means another architecture.
+
+  Args:
+    path: a workdir, its ``checkpoints`` folder or one ``checkpoints/<step>`` folder.
+    target: initialised {'params', 'batch_stats'}.
+    meta: this run's meta (only logged against the checkpoint's).
+
+  Returns:
+    (step, variables shaped like target).
+
+  Raises:
+    ModelMismatchError: naming every checkpoint variable that has no place in the model, or
+      nothing matched at all.
+  """
+  src_dir, step = split_checkpoint_path(path)
+  src = Checkpointer(src_dir, read_only=True)
+  step = src._step_or_raise(step)
+  saved_meta = src.restore_meta(step)
+  saved = _flatten(src._manager.restore(step, args=ocp.args.Composite(
+      model=ocp.args.StandardRestore()))['model'])
+  want = _flatten(target)
+  bad = [f'{"/".join(k)} {tuple(v.shape)}' + (f' (model: {tuple(want[k].shape)})' if k in want
+                                               else ' (not in the model)')
+         for k, v in saved.items() if hasattr(v, 'shape') and (
+             k not in want or (tuple(v.shape) != tuple(want[k].shape) and
+                               tuple(v.shape)[:-1] != tuple(want[k].shape)[:-1]))]
+  copied = {k for k, v in saved.items() if k in want and hasattr(v, 'shape')
+            and tuple(v.shape) == tuple(want[k].shape)}
+  if bad or not copied:
+    raise ModelMismatchError(
+        f'config.init={path} (step {step}) does not fit the configured model '
+        f'(checkpoint model {saved_meta.get("model", {}).get("arch")!r}, configured '
+        f'{meta.get("model", {}).get("arch")!r}):\n  ' +
+        ('\n  '.join(bad[:40]) + (f'\n  ... and {len(bad) - 40} more' if len(bad) > 40 else '')
+         if bad else 'no variable in common'))
+  resized = sorted('/'.join(k) for k in saved if k in want and k not in copied)
+  absent: dict[str, int] = {}
+  for k in want:
+    if k not in saved:
+      top = '/'.join(k[:2])
+      absent[top] = absent.get(top, 0) + 1
+  if resized:
+    logging.info('config.init: re-initialised (class count differs from the checkpoint): %s',
+                 ', '.join(resized))
+  if absent:
+    logging.info('config.init: re-initialised (not in the checkpoint): %s',
+                 ', '.join(f'{k} ({n} arrays)' for k, n in sorted(absent.items())))
+  out = {k: (jax.device_put(jax.numpy.asarray(saved[k], dtype=v.dtype),
+                            getattr(v, 'sharding', None))
+             if k in copied else v) for k, v in want.items()}
+  nested: dict = {name: {} for name in target}
+  for k, v in out.items():
+    node = nested
+    for part in k[:-1]:
+      node = node.setdefault(part, {})
+    node[k[-1]] = v
+  return step, nested

@@ -86,6 +86,10 @@ def data_config() -> ml_collections.ConfigDict:
   d.eval_pad = 31
   d.eval_size = 512
   d.shuffle_buffer = 1024
+  # Training skips unreadable images and annotations failing validation (logged, counted); the
+  # run stops once skipped image reads pass this fraction of max(reads, training images), or
+  # skipped annotations this fraction of the annotations (docs: experiments/fault_tolerance.md).
+  d.max_skip_fraction = 0.01
   d.num_parallel_calls = -1  # tf.data.AUTOTUNE
   d.prefetch = 2
   return d
@@ -122,6 +126,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.wh_weight = 0.1
   c.loss.off_weight = 1.0
   c.loss.min_overlap = 0.7  # official CenterNet gaussian_radius overlap
+  # CornerNet (PARITY 4.8): associative-embedding pull/push and smooth-L1 offset weights.
+  c.loss.pull_weight = 0.1
+  c.loss.push_weight = 0.1
+  c.loss.regr_weight = 1.0
+  # The official CornerNet sums pull/push over the images of each GPU chunk and averages the
+  # chunks (batch 49 on 10 GPUs: 4.9 images per chunk); 0 sums over the whole global batch.
+  c.loss.ae_images_per_chunk = 0.0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = -1.0  # -1: base_lr * batch_size / base_batch (official linear rule)
@@ -142,6 +153,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 2000
   c.train.keep_checkpoints = 3
   c.train.eval_every = -1  # -1: only at the end
+  # Non-finite loss or gradients: 'stop' (error naming the step and the batch's image ids) or
+  # 'skip' (the update is not applied, counted in train/skipped_updates; stop after
+  # max_consecutive_skips skipped steps in a row).
+  c.train.nonfinite_policy = 'stop'
+  c.train.max_consecutive_skips = 10
 
   c.eval = ml_collections.ConfigDict()
   c.eval.K = 100
@@ -149,6 +165,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 1
   c.eval.round_results = True  # official rounds bbox and score to 2 decimals
   c.eval.num_images = -1  # -1: every image of the split
+  # Multi-scale testing (official --test_scales, e.g. (0.5, 0.75, 1, 1.25, 1.5)): detections of
+  # every scale (and flip) are merged with per-class soft-NMS, then the top K are kept.
+  c.eval.test_scales = (1.0,)
+  # Single-scale soft-NMS (official CenterNet --nms; always on for CornerNet).
+  c.eval.nms = False
+  c.eval.nms_method = 'gaussian'  # 'gaussian' (official), 'linear' or 'hard'
+  c.eval.nms_iou = 0.5  # Nt
+  c.eval.nms_sigma = 0.5
+  c.eval.nms_threshold = 0.001  # scores below are dropped
+  # CornerNet decoding (PARITY 4.9): top-K corners per type, kept pairs, embedding threshold.
+  c.eval.corner_K = 100
+  c.eval.num_dets = 1000
+  c.eval.ae_threshold = 0.5
 
   c.init = ''  # checkpoint to initialise from (backbone or all)
   c.resume = ''  # checkpoint to resume from when the workdir has none

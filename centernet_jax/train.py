@@ -4,6 +4,19 @@ Rerunning the same command resumes from W's latest checkpoint; the data stream c
 it stopped (it is a pure function of the seed and the step). Multi-host: run the same command on
 every host with ``--distributed`` (TPU pods, SLURM) or with ``--coordinator_address``,
 ``--num_processes`` and ``--process_id``.
+
+Fault tolerance (experiments/fault_tolerance.md):
+  * SIGTERM / SIGINT: the current step finishes, a checkpoint is written and committed, and the
+    process exits with status 128 + signal (143 / 130) and a message naming the step; rerunning
+    resumes there. A second signal exits at once (same status); the checkpoint being written
+    then is left as an Orbax temporary directory, which is never restored from.
+  * Any kill (-9 included): the next run moves incomplete checkpoint directories to
+    ``<workdir>/checkpoints_partial/`` (logged) and resumes from the newest complete one.
+  * Non-finite loss or gradients: ``config.train.nonfinite_policy``.
+  * Unreadable images and invalid annotations: skipped, logged and counted
+    (``config.data.max_skip_fraction``).
+  * A failed checkpoint write stops with :class:`checkpoint.CheckpointWriteError` (exit status
+    1); a failed evaluation is logged and training goes on.
 """
 
 from __future__ import annotations
@@ -14,10 +27,13 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
@@ -37,6 +53,119 @@ flags.DEFINE_integer('process_id', None, 'This process (multi-host).')
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):  # noqa: N818 - not an error: a requested stop
+  """Training stopped on a signal after committing a checkpoint (``step``)."""
+
+  def __init__(self, message: str, step: int, signum: int):
+    super().__init__(message)
+    self.step = step
+    self.signum = signum
+
+
+HOST_KEYS = ('image_id', 'skipped')  # batch entries that stay on the host
+
+
+def guard_nonfinite(train_step):
+  """Wraps ``train_step(state, batch) -> (state, metrics)`` so non-finite updates are skipped.
+
+  The candidate state is computed as usual; if any metric (loss terms, gradient norm) or any
+  new parameter is not finite, the old parameters, batch statistics and optimiser state are
+  kept (only ``step`` advances, so the data stream and the schedule go on). The metrics gain
+  ``skipped_update`` (1.0 when the update was skipped). Jittable; no host round trip.
+  """
+
+  def guarded(state, batch):
+    new_state, metrics = train_step(state, batch)
+    leaves = jax.tree.leaves(metrics) + jax.tree.leaves(new_state.params)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    kept = state.replace(step=new_state.step)
+    out = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, kept)
+    return out, dict(metrics, skipped_update=jnp.logical_not(finite).astype(jnp.float32))
+
+  return guarded
+
+
+class NonFiniteMonitor:
+  """Host side of ``config.train.nonfinite_policy``, fed the metrics of every step in order.
+
+  'stop': raises at the first step whose metrics are not all finite. 'skip' (the jitted step is
+  wrapped by :func:`guard_nonfinite`): counts skipped updates (``skipped_updates``) and raises
+  when more than ``max_consecutive`` steps in a row were skipped. The error names the step and
+  the image ids of its batch.
+  """
+
+  def __init__(self, policy: str, max_consecutive: int, last_checkpoint=lambda: 'none'):
+    self.policy = policy
+    self.max_consecutive = max_consecutive
+    self.last_checkpoint = last_checkpoint
+    self.skipped_updates = 0
+    self.consecutive = 0
+
+  def _error(self, text: str) -> NonFiniteLossError:
+    return NonFiniteLossError(
+        f'{text}. Last checkpoint: {self.last_checkpoint()}. Lower config.optim.lr, add '
+        "config.optim.warmup_steps or config.optim.grad_clip, or set "
+        "config.train.nonfinite_policy='skip'.")
+
+  def check(self, entries: list[tuple]) -> None:
+    """``entries``: host copies of (step, metrics, image ids), in step order."""
+    for step, metrics, image_ids in entries:
+      if self.policy == 'stop':
+        if not all(math.isfinite(float(v)) for v in metrics.values()):
+          raise self._error(f'non-finite loss at step {step}: {_describe_metrics(metrics)}; '
+                            f'image ids of the batch: {_ids(image_ids)}')
+        continue
+      if metrics['skipped_update'] > 0:
+        self.skipped_updates += 1
+        self.consecutive += 1
+        logging.warning('Non-finite update skipped at step %d (%s); image ids %s', step,
+                        _describe_metrics(metrics), _ids(image_ids))
+        if self.consecutive > self.max_consecutive:
+          raise self._error(
+              f'non-finite loss or gradients in {self.consecutive} steps in a row (up to step '
+              f'{step}; config.train.max_consecutive_skips={self.max_consecutive}); image ids '
+              f'of the batch at step {step}: {_ids(image_ids)}')
+      else:
+        self.consecutive = 0
+
+
+class StopSignals:
+  """SIGTERM/SIGINT handlers: the first sets ``signum``, the second exits at once.
+
+  A context manager; the previous handlers come back on exit. Outside the main thread (where
+  Python cannot install handlers) it does nothing.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    name = signal.Signals(signum).name
+    if self.signum is not None:
+      print(f'{name} again: exiting now without waiting for the checkpoint (an unfinished one '
+            'is never restored from)', file=sys.stderr, flush=True)
+      os._exit(128 + signum)
+    self.signum = signum
+    print(f'{name} received: finishing the current step, then writing a checkpoint (send it '
+          'again to exit at once)', file=sys.stderr, flush=True)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in self.SIGNALS:
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = {}
+    return False
 
 
 def maybe_initialize_distributed() -> None:
@@ -66,22 +195,23 @@ def checkpoint_meta(config: ml_collections.ConfigDict, info) -> dict:
 
 
 def prefetch_to_mesh(iterator, mesh, size: int = 2):
-  """Yields global device batches, keeping ``size`` transfers in flight."""
+  """Yields (global device batch, host-only entries), keeping ``size`` transfers in flight."""
   queue = collections.deque()
   for batch in iterator:
-    queue.append(sharding.host_to_global(batch, mesh))
+    host = {k: batch.pop(k) for k in HOST_KEYS if k in batch}
+    queue.append((sharding.host_to_global(batch, mesh), host))
     if len(queue) > size:
       yield queue.popleft()
   while queue:
     yield queue.popleft()
 
 
-def first_nonfinite(history: list[tuple[int, dict]]) -> tuple[int, dict] | None:
-  """The first (step, metrics) whose loss is not finite, from host copies."""
-  for step, metrics in history:
-    if not all(math.isfinite(float(v)) for v in metrics.values()):
-      return step, metrics
-  return None
+def _describe_metrics(metrics: dict) -> str:
+  return ', '.join(f'{k}={float(v):.4g}' for k, v in metrics.items())
+
+
+def _ids(image_ids) -> str:
+  return '[' + ', '.join(str(int(i)) for i in image_ids) + ']'
 
 
 def create_state(config, model, tx, mesh, image_size: int) -> steps.TrainState:
@@ -103,17 +233,28 @@ def restore_or_init(config, ckpt, state, meta):
     logging.info('Resuming from config.resume=%s', config.resume)
     return checkpoint.Checkpointer(src_dir, read_only=True).restore_state(step, state, meta)
   if config.init:
-    src_dir, step = checkpoint.split_checkpoint_path(config.init)
-    src = checkpoint.Checkpointer(src_dir, read_only=True)
-    step, variables = src.restore_variables(
-        step, {'params': state.params, 'batch_stats': state.batch_stats}, meta)
+    # Backbone-only or other-class-count checkpoints (e.g. converted official weights) fit too.
+    step, variables = checkpoint.init_variables_from(
+        config.init, {'params': state.params, 'batch_stats': state.batch_stats}, meta)
     logging.info('Initialised from config.init=%s (step %d)', config.init, step)
     return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
   return state
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains, checkpoints and evaluates; returns the last evaluation metrics (may be empty)."""
+  """Trains, checkpoints and evaluates; returns the last evaluation metrics (may be empty).
+
+  Raises:
+    TrainingInterrupted: SIGTERM or SIGINT arrived (from the start of this call on); the
+      checkpoint of the step it names is committed.
+    NonFiniteLossError, checkpoint.CheckpointWriteError, DataError: see the module docstring.
+  """
+  with StopSignals() as stopper:
+    return _train_and_evaluate(config, workdir, stopper)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        stopper: StopSignals) -> dict:
   # Imported here so model/loss/step code never needs tensorflow.
   from centernet_jax import evaluate as evaluate_lib
   from centernet_jax.data import pipeline
@@ -144,13 +285,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # --- State: restore or initialise ----------------------------------------------------------
   meta = checkpoint_meta(config, info)
   state = create_state(config, model, tx, mesh, config.data.input_size)
-  ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir),
-                                 max_to_keep=config.train.keep_checkpoints)
+  ckpt_dir = checkpoint.checkpoint_dir(workdir)
+  if jax.process_index() == 0:
+    checkpoint.set_aside_partial(ckpt_dir, checkpoint.partial_dir(workdir))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('centernet_jax: partial checkpoints set aside')
+  ckpt = checkpoint.Checkpointer(ckpt_dir, max_to_keep=config.train.keep_checkpoints)
   state = restore_or_init(config, ckpt, state, meta)
   start_step = int(jax.device_get(state.step))
 
   # --- Update step: one compile, state donated -----------------------------------------------
+  policy = config.train.nonfinite_policy
+  if policy not in ('stop', 'skip'):
+    raise ValueError(f"config.train.nonfinite_policy must be 'stop' or 'skip', got {policy!r}")
   train_step = tasks.make_train_step(config, model, tx, schedule)
+  if policy == 'skip':
+    train_step = guard_nonfinite(train_step)
   train_step = jax.jit(train_step, donate_argnums=(0,),
                        in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
                        out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
@@ -164,43 +315,99 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # --- Loop ----------------------------------------------------------------------------------
   writer = MetricWriter(workdir)
+  skipped_annotations = info.train_data.num_invalid if info.train_data is not None else 0
+  if skipped_annotations:
+    writer.write(start_step, {'skipped_annotations': skipped_annotations}, prefix='data/')
   eval_metrics: dict = {}
-  history: list[tuple[int, dict]] = []  # device metrics since the last log step
+  history: list[tuple] = []  # (step, device metrics, image ids) since the last check
+  skipped_images = 0
+  monitor = NonFiniteMonitor(policy, config.train.max_consecutive_skips,
+                             lambda: f'step {ckpt.latest_step()} in {ckpt.directory}')
+  saved_step = start_step if ckpt.latest_step() == start_step else None
   progress = _progress(start_step, total_steps)
   t_log, step_log = time.time(), start_step
+
+  def stop_on_signal(step: int) -> None:
+    """After a signal: commits a checkpoint of ``step`` and raises TrainingInterrupted."""
+    nonlocal saved_step, history
+    entries = jax.device_get(history)
+    history = []
+    monitor.check(entries)
+    name = signal.Signals(stopper.signum).name
+    if saved_step != step and step > 0:
+      ckpt.save(state, meta, force=True)
+      saved_step = step
+    ckpt.wait()
+    where = (f'checkpoint of step {step} committed in {ckpt.directory}' if step > 0 else
+             'no step was trained, nothing to save')
+    raise TrainingInterrupted(f'stopped by {name} after step {step}: {where}; rerun the same '
+                              'command to resume', step, stopper.signum)
+
   step = start_step
-  for step in range(start_step + 1, total_steps + 1):
-    state, metrics = train_step(state, next(batches))
-    history.append((step, metrics))
-    is_last = step == total_steps
-    if step % config.train.log_every == 0 or is_last:
-      host = jax.device_get(history)
-      history = []
-      bad = first_nonfinite(host)
-      if bad is not None:
-        raise NonFiniteLossError(
-            f'non-finite loss at step {bad[0]}: ' +
-            ', '.join(f'{k}={float(v):.4g}' for k, v in bad[1].items()) +
-            f'. Last checkpoint: step {ckpt.latest_step()} in {ckpt.directory}. Lower '
-            'config.optim.lr, add config.optim.warmup_steps or config.optim.grad_clip.')
-      now = time.time()
-      ips = (step - step_log) * global_batch / max(now - t_log, 1e-9)
-      t_log, step_log = now, step
-      last = {k: float(v) for k, v in host[-1][1].items()}
-      writer.write(step, dict(last, images_per_sec=ips), prefix='train/')
-      progress.update(step, last['loss'], ips)
-    if step % config.train.checkpoint_every == 0 or is_last:
-      ckpt.save(state, meta, force=is_last)
-    if (config.train.eval_every > 0 and step % config.train.eval_every == 0) or is_last:
-      variables = {'params': state.params, 'batch_stats': state.batch_stats}
-      eval_metrics = evaluate_lib.evaluate_variables(
-          config, model, variables, info, os.path.join(workdir, 'eval', f'step_{step}'))
-      writer.write(step, eval_metrics, prefix='eval/')
-  progress.close()
-  ckpt.wait()
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      if stopper.signum is not None:
+        stop_on_signal(step - 1)
+      batch, host = next(batches)
+      state, metrics = train_step(state, batch)
+      skipped_images += int(host['skipped'].sum()) if 'skipped' in host else 0
+      history.append((step, metrics, host.get('image_id', ())))
+      is_last = step == total_steps
+      due_log = step % config.train.log_every == 0 or is_last
+      due_ckpt = step % config.train.checkpoint_every == 0 or is_last
+      if due_log or due_ckpt or stopper.signum is not None:
+        entries = jax.device_get(history)
+        history = []
+        monitor.check(entries)  # before any checkpoint of these steps is written
+        if due_log:
+          now = time.time()
+          ips = (step - step_log) * global_batch / max(now - t_log, 1e-9)
+          t_log, step_log = now, step
+          last = {k: float(v) for k, v in entries[-1][1].items()}
+          extra = {'skipped_images': skipped_images}
+          if policy == 'skip':
+            extra['skipped_updates'] = monitor.skipped_updates
+          writer.write(step, dict(last, images_per_sec=ips, **extra), prefix='train/')
+          progress.update(step, last['loss'], ips)
+      if due_ckpt:
+        ckpt.save(state, meta, force=is_last)
+        saved_step = step
+      if stopper.signum is not None:
+        stop_on_signal(step)
+      if (config.train.eval_every > 0 and step % config.train.eval_every == 0) or is_last:
+        result = _evaluate_safely(evaluate_lib, config, model, state, info, workdir, step)
+        if result is not None:
+          eval_metrics = result
+          writer.write(step, eval_metrics, prefix='eval/')
+        else:
+          writer.write(step, {'failed': 1.0}, prefix='eval/')
+    ckpt.wait()
+  except BaseException:
+    try:  # let a save in flight commit (or fail) before the error propagates
+      ckpt.wait()
+    except Exception as e:  # noqa: BLE001 - the original error is the one to report
+      logging.error('%s', e)
+    raise
+  finally:
+    progress.close()
+    writer.close()
   ckpt.close()
-  writer.close()
   return eval_metrics
+
+
+def _evaluate_safely(evaluate_lib, config, model, state, info, workdir: str, step: int
+                     ) -> dict | None:
+  """Evaluates; a failure is logged (with its traceback) and returns None: training goes on."""
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  try:
+    return evaluate_lib.evaluate_variables(config, model, variables, info,
+                                           os.path.join(workdir, 'eval', f'step_{step}'))
+  except Exception as e:  # noqa: BLE001 - whatever evaluation does, training goes on
+    logging.exception('Evaluation at step %d failed (%s: %s); training goes on', step,
+                      type(e).__name__, e)
+    print(f'warning: evaluation at step {step} failed ({type(e).__name__}: {e}); training goes '
+          'on', file=sys.stderr)
+    return None
 
 
 class _progress:
@@ -231,7 +438,12 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   try:
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (checkpoint.ModelMismatchError, NonFiniteLossError, ValueError, FileNotFoundError) as e:
+  except TrainingInterrupted as e:
+    logging.warning('%s', e)
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
+  except (checkpoint.ModelMismatchError, checkpoint.CheckpointWriteError, NonFiniteLossError,
+          ValueError, FileNotFoundError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

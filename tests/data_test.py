@@ -497,6 +497,62 @@ def test_color_augment():
   np.testing.assert_allclose(diff - diff[:1, :1], 0, atol=1e-6)
 
 
+@pytest.mark.parametrize('center, scale, out, flip', [
+    ((20.0, 15.0), 40.0, 48, False), ((20.0, 15.0), 40.0, 48, True),
+    ((5.0, 30.0), 70.0, 64, True), ((33.0, 2.0), 18.0, 32, False)])
+@pytest.mark.parametrize('dtype', [np.uint8, np.float32])
+def test_axis_aligned_warp_matches_cv2_oracle(center, scale, out, flip, dtype):
+  img = np.random.default_rng(2).uniform(0, 255, (31, 41, 3)).astype(dtype)
+  trans = transforms.get_affine_transform(center, scale, (out, out))
+  if flip:
+    trans = transforms.compose_affine(trans, transforms.hflip_affine(41))
+  got = transforms.warp_axis_aligned(tf.constant(img), trans, (out, out)).numpy()
+  want = _np_warp(img.astype(np.float64), trans.numpy(), (out, out))
+  np.testing.assert_allclose(got, want, atol=2e-3)
+  assert (want == 0).any() and (want > 0).any()  # the zero border is exercised
+
+
+@pytest.mark.parametrize('channel_order', ['BGR', 'RGB'])
+@pytest.mark.parametrize('color_aug', [True, False])
+def test_color_normalize_affine_equals_the_colour_chain(channel_order, color_aug):
+  x = np.round(np.random.default_rng(3).uniform(0, 255, (9, 11, 3))).astype(np.float32)
+  mean, std = (0.40, 0.45, 0.47), (0.29, 0.27, 0.28)
+  seed = tf.constant([4, 5], tf.int64)
+  want = transforms.to_channel_order(tf.constant(x) / 255.0, channel_order)
+  if color_aug:
+    want = transforms.color_augment(want, seed, bgr=channel_order == 'BGR')
+  want = transforms.normalize(want, mean, std).numpy()
+  m, b = transforms.color_normalize_affine(x.mean((0, 1)), seed, color_aug=color_aug,
+                                           channel_order=channel_order, mean=mean, std=std)
+  np.testing.assert_allclose(x @ m.numpy() + b.numpy(), want, atol=1e-5)
+
+
+def test_train_transform_equals_the_two_pass_chain_up_to_ties():
+  """The fast path differs from warp_affine -> round -> colour only where rounding ties flip."""
+  rng = np.random.default_rng(4)
+  img = np.kron(rng.integers(0, 255, (12, 16, 3)), np.ones((4, 4, 1))).astype(np.uint8)
+  mean, std = (0.40, 0.45, 0.47), (0.29, 0.27, 0.28)
+  kw = dict(input_size=64, max_objs=4, scale_choices=np.arange(0.6, 1.4, 0.1), mean=mean,
+            std=std)
+  seed = tf.constant([6, 7], tf.int64)
+  got = transforms.train_transform(tf.constant(img), tf.zeros([0, 4]), tf.zeros([0], tf.int32),
+                                   seed, **kw)['image'].numpy()
+  # The same draws as train_transform, then the original ten-pass chain.
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  center, s = transforms.random_crop(seeds[0], 48, 64, scale_choices=kw['scale_choices'],
+                                     rand_crop=True, shift=0.1, scale=0.4)
+  flipped = tf.random.stateless_uniform([], seeds[1]) < 0.5
+  center = tf.where(flipped, tf.stack([63.0 - center[0], center[1]]), center)
+  trans = transforms.get_affine_transform(center, s, (64, 64))
+  trans = tf.where(flipped, transforms.compose_affine(trans, transforms.hflip_affine(64)), trans)
+  inp = tf.round(transforms.warp_affine(tf.constant(img, tf.float32), trans, (64, 64))) / 255.0
+  inp = transforms.color_augment(inp[..., ::-1], seeds[2])
+  want = transforms.normalize(inp, mean, std).numpy()
+  level = 1.0 / (255 * min(std))  # one uint8 step after normalisation
+  assert np.abs(got - want).max() <= level * 1.01
+  assert (np.abs(got - want) > 1e-4).mean() < 0.03
+
+
 def test_pad_objects_keeps_visible_objects_first():
   boxes = tf.constant([[-20, -20, -5, -5], [1, 1, 5, 5], [70, 0, 80, 5]], tf.float32)
   b, labels, m = transforms.pad_objects(boxes, tf.constant([0, 1, 2]), 2, (64, 64))

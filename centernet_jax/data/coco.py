@@ -7,7 +7,10 @@ Every problem in the input is reported with the file and the record it comes fro
 files, unknown categories, unknown images and missing image files are errors
 (:class:`DataError`, a ``ValueError``). Boxes with zero or negative width or height cannot be
 trained on or matched, so they are skipped, each with one warning naming the annotation id and
-the image file, and counted (``CocoData.num_degenerate``).
+the image file, and counted (``CocoData.num_degenerate``). With ``max_bad_fraction`` set (training
+data), an annotation that fails validation (unknown image or category, malformed bbox, missing
+field, repeated id) is skipped the same way and counted (``CocoData.num_invalid``) instead, and
+the load fails only if more than that fraction of the annotations is bad.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class CocoData:
   class_names: list[str]
   images: list[ImageRecord]
   num_degenerate: int = 0
+  num_invalid: int = 0  # annotations skipped for failing validation (max_bad_fraction set)
 
 
 def read_json(path: str) -> dict:
@@ -126,7 +130,7 @@ def check_categories(path: str, data: dict) -> tuple[list[int], list[str]]:
 
 
 def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None = None,
-              check_files: bool = True) -> CocoData:
+              check_files: bool = True, max_bad_fraction: float | None = None) -> CocoData:
   """Loads and checks a COCO instances file.
 
   Args:
@@ -135,6 +139,9 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
     category_ids: label -> category id table to use (e.g. the training file's); the file's
       own categories must be a subset. Default: this file's categories, sorted by id.
     check_files: check up front that every image file exists.
+    max_bad_fraction: None: an annotation failing validation is an error. A number: such
+      annotations are skipped, each logged with the file and the annotation, and counted; a
+      DataError only if more than this fraction of the annotations is bad.
 
   Returns:
     CocoData with one ImageRecord per entry of 'images' (same order; images without objects
@@ -170,37 +177,25 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
 
   num_degenerate = 0
   seen_ann_ids = set()
+  invalid: list[str] = []
   for k, ann in enumerate(data['annotations']):
-    ann_id = _field(ann_file, f'annotations[{k}]', ann, 'id', int)
-    what = f'annotation id {ann_id}'
-    if ann_id in seen_ann_ids:
-      raise DataError(f'{ann_file}: annotation id {ann_id} appears twice')
-    seen_ann_ids.add(ann_id)
-    image_id = _field(ann_file, what, ann, 'image_id', int)
-    rec = by_id.get(image_id)
-    if rec is None:
-      raise DataError(f'{ann_file}: {what} refers to image id {image_id}, which is not in '
-                      "'images'")
-    what = f'{what} (image {rec.file_name})'
-    cid = _field(ann_file, what, ann, 'category_id', int)
-    if cid not in label_of:
-      raise DataError(f'{ann_file}: {what} has category_id {cid}, which is not in '
-                      f"'categories' (ids {list(category_ids)})")
-    bbox = _field(ann_file, what, ann, 'bbox', list)
-    if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                 and math.isfinite(v) for v in bbox):
-      raise DataError(f"{ann_file}: {what} has 'bbox' = {bbox!r}; expected 4 finite numbers "
-                      '[x, y, width, height]')
-    x, y, w, h = (float(v) for v in bbox)
-    if w <= 0 or h <= 0:
-      num_degenerate += 1
-      if num_degenerate <= MAX_WARNINGS:
-        logging.warning('%s: skipping %s: bbox %s has zero or negative width or height',
-                        ann_file, what, bbox)
-      continue
-    rec.boxes.append((x, y, x + w, y + h))
-    rec.labels.append(label_of[cid])
-    rec.iscrowd.append(bool(ann.get('iscrowd', 0)))
+    try:
+      num_degenerate += _add_annotation(ann_file, k, ann, by_id, label_of, category_ids,
+                                        seen_ann_ids, num_degenerate)
+    except DataError as e:
+      if max_bad_fraction is None:
+        raise
+      invalid.append(str(e))
+      if len(invalid) <= MAX_WARNINGS:
+        logging.warning('skipping an invalid annotation: %s', e)
+  if invalid:
+    total = len(data['annotations'])
+    logging.warning('%s: skipped %d of %d annotations failing validation', ann_file,
+                    len(invalid), total)
+    if len(invalid) > max_bad_fraction * total:
+      raise DataError(f'{ann_file}: {len(invalid)} of {total} annotations fail validation, more '
+                      f'than config.data.max_skip_fraction={max_bad_fraction:g}; the first:\n  '
+                      + '\n  '.join(invalid[:10]))
   if num_degenerate > MAX_WARNINGS:
     logging.warning('%s: skipped %d annotations with zero or negative width or height in all '
                     '(the first %d are listed above)', ann_file, num_degenerate, MAX_WARNINGS)
@@ -215,7 +210,43 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
   if class_names is None:
     names = dict(zip(file_ids, file_names, strict=True))
     class_names = [names.get(cid, str(cid)) for cid in category_ids]
-  return CocoData(ann_file, image_dir, list(category_ids), class_names, images, num_degenerate)
+  return CocoData(ann_file, image_dir, list(category_ids), class_names, images, num_degenerate,
+                  len(invalid))
+
+
+def _add_annotation(ann_file, k, ann, by_id, label_of, category_ids, seen_ann_ids,
+                    num_degenerate) -> int:
+  """Checks annotation k and appends it to its image; returns 1 if it was degenerate."""
+  ann_id = _field(ann_file, f'annotations[{k}]', ann, 'id', int)
+  what = f'annotation id {ann_id}'
+  if ann_id in seen_ann_ids:
+    raise DataError(f'{ann_file}: annotation id {ann_id} appears twice')
+  seen_ann_ids.add(ann_id)
+  image_id = _field(ann_file, what, ann, 'image_id', int)
+  rec = by_id.get(image_id)
+  if rec is None:
+    raise DataError(f'{ann_file}: {what} refers to image id {image_id}, which is not in '
+                    "'images'")
+  what = f'{what} (image {rec.file_name})'
+  cid = _field(ann_file, what, ann, 'category_id', int)
+  if cid not in label_of:
+    raise DataError(f'{ann_file}: {what} has category_id {cid}, which is not in '
+                    f"'categories' (ids {list(category_ids)})")
+  bbox = _field(ann_file, what, ann, 'bbox', list)
+  if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                               and math.isfinite(v) for v in bbox):
+    raise DataError(f"{ann_file}: {what} has 'bbox' = {bbox!r}; expected 4 finite numbers "
+                    '[x, y, width, height]')
+  x, y, w, h = (float(v) for v in bbox)
+  if w <= 0 or h <= 0:
+    if num_degenerate < MAX_WARNINGS:
+      logging.warning('%s: skipping %s: bbox %s has zero or negative width or height',
+                      ann_file, what, bbox)
+    return 1
+  rec.boxes.append((x, y, x + w, y + h))
+  rec.labels.append(label_of[cid])
+  rec.iscrowd.append(bool(ann.get('iscrowd', 0)))
+  return 0
 
 
 def check_image_files(ann_file: str, images: list[ImageRecord]) -> None:

@@ -17,8 +17,13 @@ for a given process count (not across process counts). Resuming skips ``start_st
 records of the process's stream; skipped records are read but not decoded.
 
 Images are decoded with ``tf.io.decode_image`` (JPEG, PNG, BMP, GIF first frame; grayscale and
-RGBA become RGB). A file that cannot be decoded stops the iterator with a :class:`DataError`
-naming it.
+RGBA become RGB). Training skips an image that cannot be read, decoded or transformed: its row
+of the batch is filled with a copy of another row of the same batch (so every later element
+keeps its place in the stream and resuming stays exact), it is logged with its file name, and
+the batch's ``skipped`` row flag is set. The iterator stops with a :class:`DataError` naming the
+files once the skipped reads exceed ``data.max_skip_fraction`` of
+``max(reads so far, training set size)``, so a broken data set is never trained on silently.
+Evaluation stops at the first file that cannot be decoded, with a :class:`DataError` naming it.
 """
 
 from __future__ import annotations
@@ -90,7 +95,8 @@ def get_dataset_info(data_cfg, workdir: str | None = None) -> DatasetInfo:
                       ', '.join(f'config.data.{k}' for k in unset))
   else:
     raise DataError(f"config.data.source must be 'coco_json', 'shapes' or 'tfds', got {source!r}")
-  train = coco.load_coco(paths['train_annotations'], paths['train_images'])
+  train = coco.load_coco(paths['train_annotations'], paths['train_images'],
+                         max_bad_fraction=float(data_cfg.max_skip_fraction))
   val = coco.load_coco(paths['val_annotations'], paths['val_images'],
                        category_ids=train.category_ids)
   if not train.images:
@@ -153,6 +159,8 @@ class _Flat:
     self.labels = tf.constant(np.concatenate(
         [r.labels[k] for r, k in pairs] + [np.zeros((0,), np.int32)]))
     self.path_table = tf.constant(self.paths)
+    self.image_ids = [r.image_id for r in records]
+    self.id_table = tf.constant(self.image_ids, tf.int64)
 
   def objects(self, ex):
     lo, hi = self.offsets[ex], self.offsets[ex + 1]
@@ -190,21 +198,30 @@ def _coco_train_dataset(data_cfg, info, *, global_batch, local_batch, seed, star
     boxes, labels = flat.objects(ex)
     aug_seed = tf.random.experimental.stateless_fold_in(
         tf.constant([seed, _AUG_STREAM], tf.int64), i)
-    return transforms.train_transform(image, boxes, labels, aug_seed, **kwargs)
+    out = transforms.train_transform(image, boxes, labels, aug_seed, **kwargs)
+    out['image_id'] = flat.id_table[ex]
+    out[_J] = tf.cast(j, tf.int64)
+    return out
 
   ds = tf.data.Dataset.counter().map(load, num_parallel_calls=_parallel(data_cfg))
+  ds = _fill_gaps(ds.ignore_errors(), first=0)
   ds = ds.batch(local_batch, drop_remainder=True).prefetch(data_cfg.prefetch)
 
-  def batch_files(k: int) -> list[str]:
-    js = range(k * local_batch, (k + 1) * local_batch)
-    return [flat.paths[int(train_example_index(_global_index(j, **to_global), n, seed))]
-            for j in js]
+  def describe(j: int) -> str:
+    ex = int(train_example_index(_global_index(j, **to_global), n, seed))
+    path = flat.paths[ex]
+    try:
+      decode_image(tf.io.read_file(path))
+      reason = 'failed in the input pipeline (but decodes when read again)'
+    except tf.errors.OpError as e:
+      reason = _first_line(e)
+    return f'{path}: {reason} (image id {flat.image_ids[ex]})'
 
-  return ds.with_options(_options()), batch_files
+  return ds.with_options(_options()), describe
 
 
 def _coco_eval_dataset(data_cfg, data: coco.CocoData, *, local_batch, num_images,
-                       process_index, process_count):
+                       process_index, process_count, test_scale=1.0):
   records = data.images if num_images < 0 else data.images[:num_images]
   n = len(records)
   global_batch = local_batch * process_count
@@ -215,16 +232,16 @@ def _coco_eval_dataset(data_cfg, data: coco.CocoData, *, local_batch, num_images
   ids = np.array([records[k].image_id for k in idx], np.int64)
   ds = tf.data.Dataset.from_tensor_slices(
       (tf.constant(paths, tf.string), ids, mine < n))
-  ds = ds.map(lambda p, i, v: _eval_element(data_cfg, tf.io.read_file(p), i, v),
+  ds = ds.map(lambda p, i, v: _eval_element(data_cfg, tf.io.read_file(p), i, v, test_scale),
               num_parallel_calls=_parallel(data_cfg))
   return _eval_batches(ds, data_cfg, local_batch), lambda k: paths[k * local_batch:
                                                                    (k + 1) * local_batch]
 
 
-def _eval_element(data_cfg, contents, image_id, valid) -> dict:
+def _eval_element(data_cfg, contents, image_id, valid, test_scale: float = 1.0) -> dict:
   out = transforms.eval_transform(decode_image(contents), mode=data_cfg.eval_mode,
                                   pad=data_cfg.eval_pad, size=data_cfg.eval_size,
-                                  channel_order=data_cfg.channel_order)
+                                  channel_order=data_cfg.channel_order, test_scale=test_scale)
   out['image_id'] = tf.cast(image_id, tf.int64)
   out['valid'] = tf.cast(valid, tf.bool)
   return out
@@ -290,20 +307,29 @@ def _tfds_train_dataset(data_cfg, info, *, local_batch, seed, start_step, proces
     keep = tf.ones_like(objs['iscrowd']) if keep_crowd else tf.logical_not(objs['iscrowd'])
     aug_seed = tf.random.experimental.stateless_fold_in(
         tf.constant([seed, _AUG_STREAM], tf.int64), j * process_count + process_index)
-    return transforms.train_transform(image, tf.boolean_mask(objs['boxes'], keep),
-                                      tf.boolean_mask(objs['labels'], keep), aug_seed, **kwargs)
+    out = transforms.train_transform(image, tf.boolean_mask(objs['boxes'], keep),
+                                     tf.boolean_mask(objs['labels'], keep), aug_seed, **kwargs)
+    out['image_id'] = tf.cast(ex['image/id'], tf.int64)
+    out[_J] = tf.cast(j, tf.int64)
+    return out
 
   ds = coco.tfds_as_dataset(builder, split, shuffle_seed=seed)
   ds = ds.shuffle(data_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
   skip = start_step * local_batch
   ds = ds.skip(skip).enumerate(start=skip)
   ds = ds.map(load, num_parallel_calls=_parallel(data_cfg))
+  ds = _fill_gaps(ds.ignore_errors(), first=skip)
   ds = ds.batch(local_batch, drop_remainder=True).prefetch(data_cfg.prefetch)
-  return ds.with_options(_options()), None
+
+  def describe(j: int) -> str:
+    return (f'record {j} of this process\'s share of TFDS {data_cfg.tfds_name} '
+            f'{data_cfg.tfds_train_split}: failed to decode or transform')
+
+  return ds.with_options(_options()), describe
 
 
 def _tfds_eval_dataset(data_cfg, info, *, local_batch, num_images, process_index,
-                       process_count):
+                       process_count, test_scale=1.0):
   builder = _tfds_builder(data_cfg)
   n = info.num_val if num_images < 0 else min(num_images, info.num_val)
   global_batch = local_batch * process_count
@@ -311,7 +337,8 @@ def _tfds_eval_dataset(data_cfg, info, *, local_batch, num_images, process_index
   ds = coco.tfds_as_dataset(builder, data_cfg.tfds_val_split).take(n)
   ds = ds.concatenate(ds.take(1).repeat(total - n)).enumerate()
   ds = ds.filter(lambda j, ex: (j // local_batch) % process_count == process_index)
-  ds = ds.map(lambda j, ex: _eval_element(data_cfg, ex['image'], ex['image/id'], j < n),
+  ds = ds.map(lambda j, ex: _eval_element(data_cfg, ex['image'], ex['image/id'], j < n,
+                                          test_scale),
               num_parallel_calls=_parallel(data_cfg))
   return _eval_batches(ds, data_cfg, local_batch), None
 
@@ -335,7 +362,13 @@ def create_train_iterator(data_cfg, *, info: DatasetInfo, global_batch_size: int
   Yields:
     dict of numpy arrays, b = global_batch_size / process_count, S = data.input_size,
     M = data.max_objs: image [b, S, S, 3] float32 (normalised), boxes [b, M, 4] float32 xyxy
-    in input pixels (not clipped), labels [b, M] int32, mask [b, M] float32 (1 = object).
+    in input pixels (not clipped), labels [b, M] int32, mask [b, M] float32 (1 = object),
+    image_id [b] int64 (host side: for messages), skipped [b] bool (the row's own image was
+    unreadable and the row repeats another row of the batch).
+
+  Raises:
+    DataError: (while iterating) the skipped images passed ``data.max_skip_fraction``, or
+      every image of a batch was unreadable.
   """
   local_batch = _local_batch(global_batch_size, process_count)
   if info.source == 'tfds':
@@ -346,11 +379,15 @@ def create_train_iterator(data_cfg, *, info: DatasetInfo, global_batch_size: int
     ds, files = _coco_train_dataset(data_cfg, info, global_batch=global_batch_size,
                                     local_batch=local_batch, seed=seed, start_step=start_step,
                                     process_index=process_index)
-  return _checked(ds, files, info.train_data.ann_file if info.train_data else '')
+  num_examples = info.num_train // (process_count if info.source == 'tfds' else 1)
+  return _train_checked(ds, files, info.train_data.ann_file if info.train_data else
+                        f'TFDS {data_cfg.tfds_name}', max(num_examples, 1),
+                        float(data_cfg.max_skip_fraction))
 
 
 def create_eval_iterator(data_cfg, *, info: DatasetInfo, batch_size: int, num_images: int = -1,
-                         process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+                         process_index: int = 0, process_count: int = 1,
+                         test_scale: float = 1.0) -> Iterator[dict]:
   """Iterator over this process's share of the validation images, in ``info.val_image_ids``
   order (process p gets rows [p * b, (p + 1) * b) of each global batch of b * P images).
 
@@ -360,6 +397,8 @@ def create_eval_iterator(data_cfg, *, info: DatasetInfo, batch_size: int, num_im
     batch_size: this process's batch size b. The last batches are padded (``valid`` False).
     num_images: evaluate the first ``num_images`` images only (-1: all).
     process_index, process_count: this process and the number of processes.
+    test_scale: resize factor of multi-scale testing (``transforms.eval_transform``); center
+      and scale stay in original image pixels.
 
   Yields:
     dict of numpy arrays: image [b, H, W, 3] float32 normalised (keep_res: H, W = the largest
@@ -368,7 +407,7 @@ def create_eval_iterator(data_cfg, *, info: DatasetInfo, batch_size: int, num_im
     orig_hw [b, 2] int32, valid [b] bool.
   """
   kw = dict(local_batch=batch_size, num_images=num_images, process_index=process_index,
-            process_count=process_count)
+            process_count=process_count, test_scale=float(test_scale))
   if info.source == 'tfds':
     ds, files = _tfds_eval_dataset(data_cfg, info, **kw)
   else:
@@ -422,6 +461,76 @@ def _checked(ds, batch_files, listed_in: str = '') -> Iterator[dict]:
       raise DataError(_explain(e, k, batch_files, listed_in)) from None
     yield batch
     k += 1
+
+
+_J, _OK = '_stream_index', '_ok'  # internal element keys of the training stream
+
+
+def _fill_gaps(ds, first: int):
+  """Refills the elements that ``ignore_errors`` dropped, so the stream keeps its positions.
+
+  Args:
+    ds: dicts with key ``_J`` (the element's position, increasing from ``first``; positions
+      whose element failed are missing).
+    first: the first position.
+
+  Returns:
+    A dataset with one dict per position: the element with ``_OK`` True, or zeros of the same
+    structure with ``_OK`` False (the host replaces those rows; :func:`_train_checked`).
+  """
+  spec = ds.element_spec
+
+  def scan(prev, elem):
+    return elem[_J], (prev + 1, elem)
+
+  def hole(j):
+    out = {k: tf.zeros(v.shape, v.dtype) for k, v in spec.items()}
+    out[_J] = j
+    out[_OK] = tf.constant(False)
+    return out
+
+  def expand(missing_from, elem):
+    holes = tf.data.Dataset.range(missing_from, elem[_J]).map(hole)
+    return holes.concatenate(tf.data.Dataset.from_tensors(dict(elem, **{_OK: tf.constant(True)})))
+
+  return ds.scan(tf.constant(first - 1, tf.int64), scan).flat_map(expand)
+
+
+def _train_checked(ds, describe, listed_in: str, num_examples: int,
+                   max_fraction: float) -> Iterator[dict]:
+  """Numpy training batches; rows whose image failed are logged, counted and refilled.
+
+  A failed row is replaced by the next good row of its batch (cyclically), so the batch keeps
+  its size and the stream its positions. ``describe(position) -> text`` names the image.
+  """
+  reads = skipped = 0
+  recent: list[str] = []
+  for batch in ds.as_numpy_iterator():
+    ok = batch.pop(_OK)
+    positions = batch.pop(_J)
+    batch['skipped'] = ~ok
+    reads += len(ok)
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+      for r in bad:
+        text = describe(int(positions[r]))
+        logging.warning('Skipping unreadable training image %s', text)
+        recent = (recent + [text])[-10:]
+      skipped += bad.size
+      fraction = skipped / max(reads, num_examples)
+      if fraction > max_fraction or bad.size == len(ok):
+        why = ('every image of a batch failed' if bad.size == len(ok) else
+               f'{skipped} of {reads} training reads so far were skipped ({fraction:.2%} of '
+               f'max(reads, {num_examples} training images)), more than '
+               f'config.data.max_skip_fraction={max_fraction:g}')
+        raise DataError(f'cannot read image file(s); fix them or remove them from the annotation '
+                        f'file {listed_in}:\n  ' + '\n  '.join(recent) + f'\n{why}.')
+      good = np.flatnonzero(ok)
+      for key in ('image', 'boxes', 'labels', 'mask', 'image_id'):
+        values = batch[key].copy()
+        values[bad] = values[good[np.searchsorted(good, bad) % len(good)]]
+        batch[key] = values
+    yield batch
 
 
 def _first_line(error) -> str:
