@@ -6,6 +6,13 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One persistent XLA compilation cache for the test run: the suite compiles the same small
+# models in many tests, in both xdist workers and in the subprocesses tests start (they inherit
+# the environment). Set before jax is imported; an outside setting wins.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(ROOT, '.pytest_cache', 'jax_compilation_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 sys.path.insert(0, ROOT)  # so `configs` imports as a package-less module path
 
 
