@@ -1,10 +1,12 @@
-"""Host-side box and affine utilities (numpy).
+"""Host-side box and affine utilities (numpy): the one owner of the letterbox geometry.
 
 The affine construction mirrors the official CenterNet `utils/image.py` for
 rot = 0: three source points (centre, centre + [0, -0.5 * src_w], and a third
 point at a right angle) are mapped onto the matching points of the output
 canvas. The 2x3 matrix is solved with numpy instead of
-`cv2.getAffineTransform`.
+`cv2.getAffineTransform`. The letterbox functions place an image on the network's input
+canvas as evaluation does and map points back; inference, predict and serving use them, and the
+tf pipeline's twin is tested against them.
 """
 
 from collections.abc import Sequence
@@ -158,3 +160,157 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
   """[..., 4] (x, y, w, h) (COCO layout) -> [..., 4] (x1, y1, x2, y2)."""
   boxes = np.asarray(boxes)
   return np.concatenate([boxes[..., :2], boxes[..., :2] + boxes[..., 2:]], axis=-1)
+
+
+# --- Letterbox: an image on the network's input canvas and back -------------------------------
+# The evaluation pre-processing (official ``pre_process`` of the detectors, rot = 0). The tf
+# version in ``data/transforms.eval_transform`` is tested against these functions.
+
+LETTERBOX_MODES = ('keep_res', 'fixed_res')
+
+
+def _check_mode(mode: str) -> None:
+  if mode not in LETTERBOX_MODES:
+    raise ValueError(f"letterbox mode must be 'keep_res' or 'fixed_res', got {mode!r}")
+
+
+def canvas_hw(orig_hw: Sequence[int], mode: str, *, pad: int = 31, size: int = 512
+              ) -> tuple[int, int]:
+  """The input canvas of an h x w image.
+
+  Args:
+    orig_hw: (h, w) of the image.
+    mode: 'keep_res' (pad each side to a multiple of pad + 1: official ``--keep_res --pad``)
+      or 'fixed_res' (a size x size canvas).
+    pad: 2^n - 1 (31; 127 for the hourglass models).
+    size: the fixed_res side.
+
+  Returns:
+    (H, W) of the canvas.
+  """
+  _check_mode(mode)
+  if mode == 'fixed_res':
+    return int(size), int(size)
+  return (int(orig_hw[0]) | pad) + 1, (int(orig_hw[1]) | pad) + 1
+
+
+def letterbox_center_scale(orig_hw: Sequence[int], canvas: Sequence[int], mode: str
+                           ) -> tuple[np.ndarray, np.ndarray]:
+  """The (center, scale) of :func:`get_affine_transform` that letterboxes an image.
+
+  'keep_res' is a centred pad: c = (w // 2, h // 2), s = (W, H), so the affine is the integer
+  translation (W // 2 - w // 2, H // 2 - h // 2). 'fixed_res' a centred resize keeping the aspect
+  ratio: c = (w / 2, h / 2), s = max(h, w) on a square canvas (for H != W, s is widened so that
+  the whole image fits).
+
+  Args:
+    orig_hw: (h, w) of the image.
+    canvas: (H, W) of the input canvas.
+    mode: 'keep_res' or 'fixed_res'.
+
+  Returns:
+    (center [2] float32 (x, y), scale [2] float32 (w, h)) in image pixels.
+  """
+  _check_mode(mode)
+  h, w = (int(v) for v in orig_hw)
+  in_h, in_w = (int(v) for v in canvas)
+  if mode == 'keep_res':
+    return np.array([w // 2, h // 2], np.float32), np.array([in_w, in_h], np.float32)
+  s = max(float(w), h * in_w / in_h)
+  return np.array([w / 2, h / 2], np.float32), np.array([s, s], np.float32)
+
+
+def letterbox_affine(orig_hw: Sequence[int], canvas: Sequence[int], mode: str,
+                     inv: bool = False) -> np.ndarray:
+  """[2, 3] affine from image to canvas pixels (``inv``: canvas -> image)."""
+  center, scale = letterbox_center_scale(orig_hw, canvas, mode)
+  return get_affine_transform(center, scale, (canvas[1], canvas[0]), inv=inv)
+
+
+def warp_affine(image: np.ndarray, trans: np.ndarray, out_hw: Sequence[int]) -> np.ndarray:
+  """Bilinear warp with a zero border: ``out(p) = image(trans^-1 p)`` (``cv2.warpAffine``).
+
+  Pixel centres sit on integer coordinates; each of the four neighbours of a sample outside the
+  image reads 0, so the image's outermost pixels blend with the border as in cv2 and tf.
+
+  Args:
+    image: [h, w, C] any real dtype.
+    trans: [2, 3] image -> output affine.
+    out_hw: (H, W) of the output.
+
+  Returns:
+    [H, W, C] float32.
+  """
+  h, w = image.shape[:2]
+  inv = np.linalg.inv(np.vstack([np.asarray(trans, np.float64), [0.0, 0.0, 1.0]]))[:2]
+  inv = inv.astype(np.float32)
+  ys, xs = np.mgrid[0:out_hw[0], 0:out_hw[1]].astype(np.float32)
+  sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
+  sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+  x0, y0 = np.floor(sx), np.floor(sy)
+  fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
+  x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+  src = np.asarray(image, np.float32)
+
+  def read(y, x):
+    inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+    return np.where(inside[..., None], src[np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)], 0.0)
+
+  top = (1 - fx) * read(y0, x0) + fx * read(y0, x0 + 1)
+  bottom = (1 - fx) * read(y0 + 1, x0) + fx * read(y0 + 1, x0 + 1)
+  return ((1 - fy) * top + fy * bottom).astype(np.float32)
+
+
+def letterbox(image: np.ndarray, canvas: Sequence[int], mode: str = 'keep_res'
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """Places a uint8 [h, w, C] image on the H x W canvas (zero border), as evaluation does.
+
+  Args:
+    image: [h, w, C] uint8.
+    canvas: (H, W); :func:`canvas_hw` gives the evaluation canvas.
+    mode: 'keep_res' (an exact centred pad; the image must fit) or 'fixed_res' (a centred
+      bilinear resize keeping the aspect ratio, rounded to uint8 like the official cv2 warp).
+
+  Returns:
+    (canvas [H, W, C] uint8, [2, 3] inverse affine: canvas -> image pixels).
+  """
+  h, w = image.shape[:2]
+  in_h, in_w = (int(v) for v in canvas)
+  inverse = letterbox_affine((h, w), (in_h, in_w), mode, inv=True)
+  if mode == 'keep_res':
+    if h > in_h or w > in_w:
+      raise ValueError(f'a {h}x{w} image does not fit the {in_h}x{in_w} canvas with '
+                       "mode='keep_res' (pad only): use mode='fixed_res' or a larger canvas")
+    top, left = in_h // 2 - h // 2, in_w // 2 - w // 2  # the translation of the affine
+    out = np.zeros((in_h, in_w) + image.shape[2:], np.uint8)
+    out[top:top + h, left:left + w] = image
+    return out, inverse
+  trans = letterbox_affine((h, w), (in_h, in_w), mode)
+  warped = warp_affine(image, trans, (in_h, in_w))
+  return np.clip(np.round(warped), 0, 255).astype(np.uint8), inverse
+
+
+def points_to_original(points: np.ndarray, inverse_affine: np.ndarray,
+                       orig_hw: Sequence[int] | None = None) -> np.ndarray:
+  """Maps x, y pairs from canvas to image pixels.
+
+  Args:
+    points: [..., 2 * n] float, the last axis x, y pairs (boxes: x1, y1, x2, y2).
+    inverse_affine: [2, 3] canvas -> image (from :func:`letterbox` or
+      ``get_affine_transform(..., inv=True)``).
+    orig_hw: (h, w) of the image: clip x to [0, w] and y to [0, h]; None: no clipping.
+
+  Returns:
+    [..., 2 * n] float32 in image pixels.
+  """
+  points = np.asarray(points, np.float32)
+  pairs = affine_transform(points.reshape(points.shape[:-1] + (-1, 2)), inverse_affine)
+  if orig_hw is not None:
+    pairs = np.clip(pairs, 0, [orig_hw[1], orig_hw[0]])
+  return pairs.reshape(points.shape).astype(np.float32)
+
+
+def boxes_to_original(boxes: np.ndarray, inverse_affine: np.ndarray,
+                      orig_hw: Sequence[int]) -> np.ndarray:
+  """[..., 4] canvas boxes -> image pixels (affine, then clipped to the image)."""
+  return points_to_original(boxes, inverse_affine, orig_hw)

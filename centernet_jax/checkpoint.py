@@ -21,12 +21,13 @@ import logging
 import os
 import shutil
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from centernet_jax.steps import TrainState
+if TYPE_CHECKING:
+  from centernet_jax.state import TrainState
 
 # Model fields that change how a model computes or starts, not what its variables are.
 _RUNTIME_ONLY = ('dtype', 'upsample', 'deconv_init', 'head_init')
@@ -114,7 +115,9 @@ def _abstract(tree: Any) -> Any:
 
 def check_meta(saved: dict, expected: dict, where: str) -> None:
   """Raises ModelMismatchError naming every model field that differs."""
-  saved_model, want_model = saved.get('model', {}), expected.get('model', {})
+  # Compared as JSON (what the meta item stores): tuples come back as lists.
+  saved_model, want_model = (json.loads(json.dumps(m.get('model', {}), default=str))
+                             for m in (saved, expected))
   diffs = [f'model.{k}: checkpoint has {saved_model.get(k)!r}, config has {want_model.get(k)!r}'
            for k in sorted(set(saved_model) | set(want_model))
            if k not in _RUNTIME_ONLY and saved_model.get(k) != want_model.get(k)]
@@ -202,8 +205,8 @@ class Checkpointer:
         opt=ocp.args.StandardRestore(_abstract(
             {'opt_state': target.opt_state, 'step': target.step}))))
     model, opt = restored['model'], restored['opt']
-    return TrainState(step=opt['step'], params=model['params'], batch_stats=model['batch_stats'],
-                      opt_state=opt['opt_state'])
+    return target.replace(step=opt['step'], params=model['params'],
+                          batch_stats=model['batch_stats'], opt_state=opt['opt_state'])
 
   def restore_variables(self, step: int | None, target: dict, meta: dict | None = None
                         ) -> tuple[int, dict]:
@@ -228,6 +231,45 @@ class Checkpointer:
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, 'checkpoints')
+
+
+def open_for_training(workdir: str, max_to_keep: int | None) -> Checkpointer:
+  """The checkpoints of a training workdir, incomplete ones set aside first (every process)."""
+  directory = checkpoint_dir(workdir)
+  if jax.process_index() == 0:
+    set_aside_partial(directory, partial_dir(workdir))
+  if jax.process_count() > 1:  # nobody opens the directory while process 0 tidies it
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('centernet_jax: partial checkpoints set aside')
+  return Checkpointer(directory, max_to_keep=max_to_keep)
+
+
+def restore_or_init(ckpt: Checkpointer, state: TrainState, meta: dict, *, resume: str = '',
+                    init: str = '') -> TrainState:
+  """Resume order: ``ckpt``'s latest > ``resume`` (full state) > ``init`` (weights) > ``state``.
+
+  Args:
+    ckpt: this run's checkpoints.
+    state: the freshly initialised state (shapes, dtypes and shardings of the result).
+    meta: this run's meta (checked against the checkpoint's).
+    resume: ``config.resume``: a workdir or checkpoint path whose full state (optimiser and
+      step included) this run continues from.
+    init: ``config.init``: a workdir or checkpoint path whose variables start this run at step
+      0 (backbone-only or other-class-count checkpoints fit: :func:`init_variables_from`).
+  """
+  if ckpt.latest_step() is not None:
+    logging.info('Resuming from %s step %d', ckpt.directory, ckpt.latest_step())
+    return ckpt.restore_state(None, state, meta)
+  if resume:
+    src_dir, step = split_checkpoint_path(resume)
+    logging.info('Resuming from config.resume=%s', resume)
+    return Checkpointer(src_dir, read_only=True).restore_state(step, state, meta)
+  if init:
+    step, variables = init_variables_from(
+        init, {'params': state.params, 'batch_stats': state.batch_stats}, meta)
+    logging.info('Initialised from config.init=%s (step %d)', init, step)
+    return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+  return state
 
 
 def partial_dir(workdir: str) -> str:
@@ -261,8 +303,9 @@ def init_variables_from(path: str, target: dict, meta: dict) -> tuple[int, dict]
   Variables whose path and shape match are copied (onto target's dtypes and shardings). Two
   differences are allowed, and logged by name: variables the checkpoint lacks (the neck and
   heads after an ImageNet backbone from ``centernet_jax.convert``), and variables differing only
-  in their last axis (heads with another class count); both keep target's fresh initialisation.
-  Anything else means another architecture.
+  in their last axis (heads with another class count); both keep target's fresh initialisation
+  and are listed in a WARNING (a silent fallback would hide a wrong ``config.init``). Anything
+  else means another architecture.
 
   Args:
     path: a workdir, its ``checkpoints`` folder or one ``checkpoints/<step>`` folder.
@@ -297,18 +340,22 @@ def init_variables_from(path: str, target: dict, meta: dict) -> tuple[int, dict]
         f'{meta.get("model", {}).get("arch")!r}):\n  ' +
         ('\n  '.join(bad[:40]) + (f'\n  ... and {len(bad) - 40} more' if len(bad) > 40 else '')
          if bad else 'no variable in common'))
-  resized = sorted('/'.join(k) for k in saved if k in want and k not in copied)
+  resized = sorted(k for k in saved if k in want and k not in copied)
   absent: dict[str, int] = {}
   for k in want:
     if k not in saved:
       top = '/'.join(k[:2])
       absent[top] = absent.get(top, 0) + 1
+  # Not an error (the point of config.init), but never silent: the run starts these afresh.
   if resized:
-    logging.info('config.init: re-initialised (class count differs from the checkpoint): %s',
-                 ', '.join(resized))
+    logging.warning('config.init=%s: %d variable(s) re-initialised, their last axis differs from '
+                    'the checkpoint (another class count): %s', path, len(resized),
+                    ', '.join(f'{"/".join(k)} {tuple(saved[k].shape)} -> {tuple(want[k].shape)}'
+                              for k in resized))
   if absent:
-    logging.info('config.init: re-initialised (not in the checkpoint): %s',
-                 ', '.join(f'{k} ({n} arrays)' for k, n in sorted(absent.items())))
+    logging.warning('config.init=%s: variables not in the checkpoint re-initialised (%d arrays): '
+                    '%s', path, sum(absent.values()),
+                    ', '.join(f'{k} ({n} arrays)' for k, n in sorted(absent.items())))
   out = {k: (jax.device_put(jax.numpy.asarray(saved[k], dtype=v.dtype),
                             getattr(v, 'sharding', None))
              if k in copied else v) for k, v in want.items()}

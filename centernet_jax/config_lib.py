@@ -1,17 +1,21 @@
 """Shared config sections and helpers.
 
-Every experiment file in ``configs/`` builds its ConfigDict from :func:`base_config` and overrides
-what differs, so every config carries every key (any config trains on any data source, and an
-unknown ``--config.x=y`` override fails loudly because configs are locked).
+Every experiment file in ``configs/`` builds its ConfigDict from :func:`base_config` with its
+task named explicitly and overrides what differs, so every config of a task carries every key of
+that task (any config trains on any data source) and no key of another task. Configs are locked:
+an unknown key, a typo or another task's key (``--config.loss.pull_weight=...`` on a ctdet
+config) fails loudly.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-# COCO statistics in BGR order, applied after /255 (official CenterNet datasets/dataset/coco.py).
-COCO_MEAN_BGR = (0.40789654, 0.44719302, 0.47026115)
-COCO_STD_BGR = (0.28863828, 0.27408164, 0.27809835)
+from centernet_jax import tasks
+from centernet_jax.data.config import data_config
+
+# The class count of COCO 2017 detection (the official models' heatmap channels).
+COCO_NUM_CLASSES = 80
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -40,65 +44,23 @@ def parse_arg(arg: str | None, **defaults):
   return out
 
 
-def data_config() -> ml_collections.ConfigDict:
-  """The ``config.data`` section: source, paths, sizes, augmentation, normalisation."""
-  d = ml_collections.ConfigDict()
-  # 'coco_json' (instances json + image folder), 'tfds' (tfds_name) or 'shapes' (built-in).
-  d.source = 'shapes'
-  d.train_annotations = ''
-  d.train_images = ''
-  d.val_annotations = ''
-  d.val_images = ''
-  d.tfds_name = 'coco/2017'
-  d.tfds_data_dir = ''
-  d.tfds_train_split = 'train'
-  d.tfds_val_split = 'validation'
-  # Built-in shapes data set: generated once into shapes_dir (default: ~/.cache/centernet_jax).
-  d.shapes_dir = ''
-  d.shapes_num_train = 600
-  d.shapes_num_val = 100
-  d.shapes_image_size = 128
-  d.shapes_seed = 0
-  # Network input (square, training) and output stride.
-  d.input_size = 512
-  d.max_objs = 128  # official COCO value
-  # Official CenterNet trains on crowd boxes too (getAnnIds has no iscrowd filter).
-  d.train_on_crowd = False
-  # Augmentation (official ctdet defaults).
-  d.rand_crop = True  # scale from {0.6, ..., 1.3} + random centre; False = gaussian shift/scale
-  d.scale_min = 0.6
-  d.scale_max = 1.4
-  d.scale_step = 0.1
-  # Crop side: 0 = max(H, W) * scale (official CenterNet); N > 0 = N * scale (official
-  # CornerNet cuts a 511 * scale square whatever the image size).
-  d.crop_base = 0
-  d.shift = 0.1  # used when rand_crop is False
-  d.scale = 0.4  # used when rand_crop is False
-  d.flip = 0.5
-  d.color_aug = True  # brightness/contrast/saturation 0.4 + PCA lighting 0.1
-  # Normalisation: official weights expect BGR and the COCO statistics.
-  d.channel_order = 'BGR'
-  d.mean = COCO_MEAN_BGR
-  d.std = COCO_STD_BGR
-  # Evaluation input: 'keep_res' pads each image to a multiple of (eval_pad + 1), centred
-  # (official, used for every reported number); 'fixed_res' warps to eval_size x eval_size.
-  d.eval_mode = 'keep_res'
-  d.eval_pad = 31
-  d.eval_size = 512
-  d.shuffle_buffer = 1024
-  # Training skips unreadable images and annotations failing validation (logged, counted); the
-  # run stops once skipped image reads pass this fraction of max(reads, training images), or
-  # skipped annotations this fraction of the annotations (docs: experiments/fault_tolerance.md).
-  d.max_skip_fraction = 0.01
-  d.num_parallel_calls = -1  # tf.data.AUTOTUNE
-  d.prefetch = 2
-  return d
+def base_config(task: str = 'ctdet') -> ml_collections.ConfigDict:
+  """A complete, locked config of ``task`` with the official ResNet-18 COCO defaults.
 
+  The shared sections come first; then the task module (``tasks.get(task).add_config``) adds
+  its own keys to ``loss`` and ``eval``.
 
-def base_config() -> ml_collections.ConfigDict:
-  """A complete ctdet config with the official ResNet-18 COCO defaults."""
+  Args:
+    task: a key of ``tasks.TASKS`` ('ctdet' or 'cornernet').
+
+  Returns:
+    The ConfigDict; ``model.num_classes`` is -1 and ``model.heads`` empty until
+    ``tasks.resolve_config`` learns the class count (from the data set or a checkpoint).
+  """
+  task_module = tasks.get(task)
   c = ml_collections.ConfigDict()
   c.seed = 317  # official CenterNet seed
+  c.task = task
   c.data = data_config()
 
   c.model = ml_collections.ConfigDict()
@@ -107,6 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.head_conv = 64  # official: 64 for res*, 256 for dla
   c.model.down_ratio = 4
   c.model.num_classes = -1  # -1: taken from the data set's categories at run time
+  # ((name, channels), ...) of the task's heads; () until the class count is known.
+  c.model.heads = ()
   c.model.dtype = 'float32'  # compute dtype; params stay float32
   # 'subpixel': ConvTranspose 4x4/2 as one 3x3 conv + depth-to-space (same maths, fast weight
   # gradient on every backend); 'conv_transpose': lax.conv_transpose.
@@ -121,18 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
   # is only a few pixels wide.
   c.model.neck_skips = False
 
-  c.loss = ml_collections.ConfigDict()
-  c.loss.hm_weight = 1.0
-  c.loss.wh_weight = 0.1
-  c.loss.off_weight = 1.0
-  c.loss.min_overlap = 0.7  # official CenterNet gaussian_radius overlap
-  # CornerNet (PARITY 4.8): associative-embedding pull/push and smooth-L1 offset weights.
-  c.loss.pull_weight = 0.1
-  c.loss.push_weight = 0.1
-  c.loss.regr_weight = 1.0
-  # The official CornerNet sums pull/push over the images of each GPU chunk and averages the
-  # chunks (batch 49 on 10 GPUs: 4.9 images per chunk); 0 sums over the whole global batch.
-  c.loss.ae_images_per_chunk = 0.0
+  c.loss = ml_collections.ConfigDict()  # the task's weights and target options
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = -1.0  # -1: base_lr * batch_size / base_batch (official linear rule)
@@ -168,19 +121,16 @@ def base_config() -> ml_collections.ConfigDict:
   # Multi-scale testing (official --test_scales, e.g. (0.5, 0.75, 1, 1.25, 1.5)): detections of
   # every scale (and flip) are merged with per-class soft-NMS, then the top K are kept.
   c.eval.test_scales = (1.0,)
-  # Single-scale soft-NMS (official CenterNet --nms; always on for CornerNet).
-  c.eval.nms = False
+  # Soft-NMS (nms.py) of the task's test and of the multi-scale merge.
   c.eval.nms_method = 'gaussian'  # 'gaussian' (official), 'linear' or 'hard'
   c.eval.nms_iou = 0.5  # Nt
   c.eval.nms_sigma = 0.5
   c.eval.nms_threshold = 0.001  # scores below are dropped
-  # CornerNet decoding (PARITY 4.9): top-K corners per type, kept pairs, embedding threshold.
-  c.eval.corner_K = 100
-  c.eval.num_dets = 1000
-  c.eval.ae_threshold = 0.5
 
   c.init = ''  # checkpoint to initialise from (backbone or all)
   c.resume = ''  # checkpoint to resume from when the workdir has none
+  task_module.add_config(c)
+  c.lock()
   return c
 
 
@@ -199,22 +149,29 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     message = str(e).strip('"\'')
     if isinstance(e, (AttributeError, KeyError)):
-      message = (f'unknown config key {message}: every key is listed in '
-                 'centernet_jax/config_lib.py')
+      message = (f'unknown config key {message}: the shared keys are listed in '
+                 'centernet_jax/config_lib.py (data: centernet_jax/data/config.py), each '
+                 "task's own in centernet_jax/tasks/<config.task>.py: add_config")
     print(f'error: {message}', file=sys.stderr)
     sys.exit(2)
 
 
-def coco_ctdet_config(*, arch: str, depth: int, batch_size: int, lr: float
-                      ) -> ml_collections.ConfigDict:
-  """The official ctdet COCO recipe: 512 px, 140 epochs, lr x0.1 at 90 and 120, crowd kept."""
-  c = base_config()
+def coco_config(*, task: str, arch: str, depth: int, batch_size: int, lr: float
+                ) -> ml_collections.ConfigDict:
+  """The official COCO recipe: 512 px, 140 epochs, lr x0.1 at 90 and 120, crowd kept, 80 classes.
+
+  The heads are the task's for the 80 COCO classes, so ``models.build_model(config.model)``
+  works on the config as it is.
+  """
+  c = base_config(task)
   c.data.source = 'tfds'
   c.data.input_size = 512
   c.data.train_on_crowd = True  # official behaviour
   c.model.arch = arch
   c.model.depth = depth
   c.model.dtype = 'bfloat16'
+  c.model.num_classes = COCO_NUM_CLASSES
+  c.model.heads = tasks.get(task).heads(COCO_NUM_CLASSES)
   c.train.batch_size = batch_size
   c.optim.lr = lr
   c.train.num_epochs = 140
@@ -224,14 +181,20 @@ def coco_ctdet_config(*, arch: str, depth: int, batch_size: int, lr: float
   return c
 
 
-def shapes_cpu_config(*, num_steps: int, warmup_steps: int, eval_every: int
+def coco_ctdet_config(*, arch: str, depth: int, batch_size: int, lr: float
+                      ) -> ml_collections.ConfigDict:
+  """:func:`coco_config` of the ctdet task (the official CenterNet COCO recipes)."""
+  return coco_config(task='ctdet', arch=arch, depth=depth, batch_size=batch_size, lr=lr)
+
+
+def shapes_cpu_config(*, task: str, num_steps: int, warmup_steps: int, eval_every: int
                       ) -> ml_collections.ConfigDict:
   """The CPU recipe on the built-in shapes data (experiments/shapes_demo.md).
 
   96 px training input (the 128 px images are scaled by the random affine), batch 16, Adam with
   linear warm-up and cosine decay from 2e-3, gradient clipping at 10; the model is the caller's.
   """
-  c = base_config()
+  c = base_config(task)
   c.seed = 0
   c.data.source = 'shapes'
   c.data.shapes_num_train = 600

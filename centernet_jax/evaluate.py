@@ -4,6 +4,11 @@ r"""Evaluate a checkpoint with pycocotools.
 ``W/eval/step_<N>/detections.json`` (COCO results: original category ids, [x, y, w, h] in
 original image pixels) and ``W/eval/step_<N>/metrics.json`` (AP ... AR100 over every image of the
 validation split) and prints the standard pycocotools summary.
+
+From Python (the training loop does this)::
+
+  evaluator = Evaluator(config, model, info)       # once per run: compiles on first use
+  metrics = evaluator(variables, out_dir)          # each evaluation; no new compilation
 """
 
 from __future__ import annotations
@@ -17,82 +22,129 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from centernet_jax import boxes as boxes_lib
-from centernet_jax import checkpoint, config_lib, sharding, tasks
+from centernet_jax import checkpoint, config_lib, fault, inference, tasks
 from centernet_jax.evaluation import coco as coco_eval
-from centernet_jax.models import build_model
 
 FLAGS = flags.FLAGS
 
 
-def local_mesh() -> Mesh:
-  """A mesh over this process's devices: evaluation shards images, not hosts."""
-  return sharding.make_mesh(jax.local_devices())
+def local_batch_size(requested: int, num_devices: int) -> int:
+  """``requested`` rounded up to a multiple of the local devices (each gets equal rows).
 
-
-def to_local(variables: dict, mesh: Mesh) -> dict:
-  """Copies (replicated, possibly multi-host) variables onto this process's devices."""
-  host = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array)
-                      else np.asarray(x), variables)
-  return jax.device_put(host, NamedSharding(mesh, P()))
-
-
-def predict_dataset(config, model, variables, info) -> list[dict]:
-  """Runs model + decode over this process's share of the validation split.
-
-  With several ``config.eval.test_scales`` every scale is predicted, mapped back to original
-  pixels, and the scales are merged with per-class soft-NMS and the top ``eval.K`` (official
-  multi-scale testing).
-
-  Returns COCO result dicts for every image of the split (gathered over processes).
+  A change is logged at WARNING: the batch evaluated is not the one the config names.
   """
-  from centernet_jax.data import pipeline
+  batch = -(-max(requested, 1) // num_devices) * num_devices
+  if batch != requested:
+    logging.warning('config.eval.batch_size=%d rounded up to %d, a multiple of the %d local '
+                    'devices', requested, batch, num_devices)
+  return batch
 
-  mesh = local_mesh()
-  n_local = len(jax.local_devices())
-  batch_size = -(-max(config.eval.batch_size, 1) // n_local) * n_local
-  scales = tuple(float(s) for s in config.eval.test_scales)
-  merge = tasks.multi_scale(config)
-  predict = jax.jit(tasks.make_predict_fn(config, model),
-                    in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))))
-  cornernet = tasks.task_of(config.model) == 'cornernet'
-  nms = jax.jit(tasks.make_nms(config, merge_boxes=cornernet)) if merge else None
-  variables = to_local(variables, mesh)
-  down = config.model.down_ratio
-  rows = []  # per image: image_id, boxes [K, 4] original pixels, scores [K], labels [K]
-  iterators = [pipeline.create_eval_iterator(
-      config.data, info=info, batch_size=batch_size, num_images=config.eval.num_images,
-      process_index=jax.process_index(), process_count=jax.process_count(), test_scale=s)
-      for s in scales]
-  for batches in _progress(zip(*iterators, strict=True), info, config.eval.num_images):
-    per_scale = []  # [scale] -> detections, boxes [b, N, 4] in original pixels
-    for batch in batches:
-      out = jax.device_get(predict(variables, batch['image']))
-      boxes = np.stack([
-          boxes_lib.transform_preds(out['boxes'][i], batch['center'][i], batch['scale'][i],
-                                    (int(batch['input_hw'][i][1]) // down,
-                                     int(batch['input_hw'][i][0]) // down))
-          for i in range(len(out['boxes']))])
-      per_scale.append(dict(out, boxes=boxes))
-    merged = {k: np.concatenate([d[k] for d in per_scale], axis=1) for k in per_scale[0]}
-    if nms is not None:
-      merged = jax.device_get(nms(merged))
-    boxes, scores, classes = merged['boxes'], merged['scores'], merged['classes']
-    first = batches[0]
-    for i in np.flatnonzero(first['valid']):
-      rows.append((int(first['image_id'][i]), boxes[i], scores[i], classes[i]))
-  rows = _gather(rows, config.eval.K)
-  dets = []
-  for image_id, boxes, scores, labels in rows:
-    keep = scores > 0  # CornerNet: rejected pairs (-1) and entries soft-NMS suppressed (0)
-    dets.extend(coco_eval.detections_to_coco(boxes[keep], scores[keep], labels[keep], image_id,
-                                             info.category_ids,
-                                             round_results=config.eval.round_results))
-  return dets
+
+class Evaluator:
+  """COCO evaluation of the validation split, built once per run.
+
+  The predictor (and the multi-scale merge) are jitted here, once: every later call with the
+  same shapes reuses their compilations (a periodic evaluation during training compiles
+  nothing after the first).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, model, info):
+    """
+    Args:
+      config: resolved config (``config.eval``, ``config.data``, ``config.task``).
+      model: the flax module.
+      info: ``data.pipeline.DatasetInfo`` of the data set (validation images, ground truth).
+    """
+    self.config = config
+    self.info = info
+    self.mesh = inference.local_mesh()
+    self.batch_size = local_batch_size(config.eval.batch_size, self.mesh.size)
+    self.scales = tuple(float(s) for s in config.eval.test_scales)
+    multi = tasks.multi_scale(config)
+    self.predictor = inference.Predictor(config, model, merge_later=multi)
+    # Multi-scale (official): every scale mapped back to original pixels, then merged.
+    self._merge = jax.jit(self.predictor.task.make_merge(config)) if multi else None
+    self._images = NamedSharding(self.mesh, P('data'))
+
+  def __call__(self, variables: dict, out_dir: str) -> dict:
+    """Predicts the split, writes detections.json + metrics.json into ``out_dir``.
+
+    Args:
+      variables: ``{'params', 'batch_stats'}``, on the host or replicated on any mesh.
+      out_dir: written by process 0.
+
+    Returns:
+      COCO metrics (``coco_eval.METRIC_NAMES``).
+    """
+    dets = self.predict_dataset(variables)
+    image_ids = list(self.info.val_image_ids)
+    if self.config.eval.num_images > 0:
+      image_ids = image_ids[:self.config.eval.num_images]
+    metrics = coco_eval.evaluate_detections(
+        self.info.val_gt, dets, image_ids=image_ids,
+        log=print if jax.process_index() == 0 else None)
+    if jax.process_index() == 0:
+      coco_eval.write_json(os.path.join(out_dir, 'detections.json'), dets)
+      coco_eval.write_json(os.path.join(out_dir, 'metrics.json'), metrics)
+      logging.info('eval: %s -> %s', ', '.join(f'{k}={v:.4f}' for k, v in metrics.items()),
+                   out_dir)
+    return metrics
+
+  def predict_dataset(self, variables: dict) -> list[dict]:
+    """COCO result dicts for every image of the split (gathered over processes).
+
+    A failure on one process is agreed before the gather, so every process raises (the others
+    with the failing process's message) instead of waiting in the collective.
+    """
+    error = None
+    try:
+      rows = self._predict_rows(variables)
+    except Exception as e:  # noqa: BLE001 - agreed across processes, then raised on each
+      error, rows = e, []
+    message = fault.agree_message(f'{type(error).__name__}: {error}' if error else None)
+    if error is not None:
+      raise error
+    if message is not None:
+      raise RuntimeError(f'evaluation failed on another process: {message}')
+    config, info = self.config, self.info
+    rows = _gather(rows, config.eval.K)
+    dets = []
+    for image_id, boxes, scores, labels in rows:
+      keep = scores > 0  # CornerNet: rejected pairs (-1) and entries soft-NMS suppressed (0)
+      dets.extend(coco_eval.detections_to_coco(boxes[keep], scores[keep], labels[keep], image_id,
+                                               info.category_ids,
+                                               round_results=config.eval.round_results))
+    return dets
+
+  def _predict_rows(self, variables: dict) -> list[tuple]:
+    """(image_id, boxes [K, 4] original pixels, scores [K], labels [K]) of this process."""
+    from centernet_jax.data import pipeline
+
+    config, info = self.config, self.info
+    variables = inference.to_local(variables, self.mesh)
+    rows = []  # per image: image_id, boxes [K, 4] original pixels, scores [K], labels [K]
+    iterators = [pipeline.create_eval_iterator(
+        config.data, info=info, batch_size=self.batch_size, num_images=config.eval.num_images,
+        process_index=jax.process_index(), process_count=jax.process_count(), test_scale=s)
+        for s in self.scales]
+    for batches in _progress(zip(*iterators, strict=True), info, config.eval.num_images):
+      per_scale = []  # [scale] -> host detections in original pixels
+      for batch in batches:
+        dets = jax.device_get(self.predictor(
+            variables, jax.device_put(batch['image'], self._images)))
+        per_scale.append(self.predictor.to_original(dets, batch))
+      merged = {k: np.concatenate([d[k] for d in per_scale], axis=1) for k in per_scale[0]}
+      if self._merge is not None:
+        merged = jax.device_get(self._merge(merged))
+      boxes, scores, classes = merged['boxes'], merged['scores'], merged['classes']
+      first = batches[0]
+      for i in np.flatnonzero(first['valid']):
+        rows.append((int(first['image_id'][i]), boxes[i], scores[i], classes[i]))
+    return rows
 
 
 def _gather(rows: list, K: int) -> list:
@@ -121,59 +173,6 @@ def _progress(it, info, num_images):
               postfix={'images': total})
 
 
-def evaluate_variables(config: ml_collections.ConfigDict, model, variables: dict, info,
-                       out_dir: str) -> dict:
-  """Predicts the validation split, writes detections.json + metrics.json, returns metrics."""
-  dets = predict_dataset(config, model, variables, info)
-  image_ids = list(info.val_image_ids)
-  if config.eval.num_images > 0:
-    image_ids = image_ids[:config.eval.num_images]
-  metrics = coco_eval.evaluate_detections(
-      info.val_gt, dets, image_ids=image_ids, log=print if jax.process_index() == 0 else None)
-  if jax.process_index() == 0:
-    coco_eval.write_json(os.path.join(out_dir, 'detections.json'), dets)
-    coco_eval.write_json(os.path.join(out_dir, 'metrics.json'), metrics)
-    logging.info('eval: %s -> %s', ', '.join(f'{k}={v:.4f}' for k, v in metrics.items()),
-                 out_dir)
-  return metrics
-
-
-def abstract_variables(model, image_size: int = 64) -> dict:
-  """Shapes and dtypes of {'params', 'batch_stats'} without allocating them."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             np.zeros((1, image_size, image_size, 3), np.float32),
-                                             train=False))
-  return {'params': shapes['params'], 'batch_stats': shapes.get('batch_stats', {})}
-
-
-def load_for_inference(config: ml_collections.ConfigDict, checkpoint_path: str,
-                       step: int | None = None):
-  """Builds the model and restores its variables.
-
-  Args:
-    config: experiment config (``config.model.num_classes`` may be -1: taken from the checkpoint).
-    checkpoint_path: a workdir, its ``checkpoints`` folder, or one ``checkpoints/<step>`` folder.
-    step: which step (default: the one named by the path, else the latest).
-
-  Returns:
-    (config with num_classes resolved, model, variables on the host, step, meta).
-  """
-  ckpt_dir, path_step = checkpoint.split_checkpoint_path(checkpoint_path)
-  ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
-  step = step if step is not None else path_step
-  step = step if step is not None else ckpt.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint found in {ckpt_dir}')
-  meta = ckpt.restore_meta(step)
-  config = ml_collections.ConfigDict(config.to_dict())
-  if config.model.num_classes <= 0:
-    config.model.num_classes = len(meta['class_names'])
-  model = build_model(config.model)
-  step, variables = ckpt.restore_variables(step, abstract_variables(model),
-                                           {'model': config.model.to_dict()})
-  return config, model, variables, step, meta
-
-
 def run(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> dict:
   """Evaluates ``workdir``'s checkpoint at ``step`` (default latest); returns metrics."""
   from centernet_jax.data import pipeline
@@ -182,12 +181,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, step: int | None = None
   if config.model.num_classes > 0 and config.model.num_classes != info.num_classes:
     raise ValueError(f'config.model.num_classes={config.model.num_classes} but the data set has '
                      f'{info.num_classes} categories')
-  config, model, variables, step, meta = load_for_inference(config, workdir, step)
+  restored = inference.restore(config, workdir, step)
+  meta = restored.meta
   if [int(c) for c in meta['category_ids']] != [int(c) for c in info.category_ids]:
     raise ValueError(f'the checkpoint in {workdir} was trained on categories '
                      f'{meta["category_ids"]}, the validation data has {list(info.category_ids)}')
-  return evaluate_variables(config, model, variables, info,
-                            os.path.join(workdir, 'eval', f'step_{step}'))
+  evaluator = Evaluator(restored.config, restored.model, info)
+  return evaluator(restored.variables, os.path.join(workdir, 'eval', f'step_{restored.step}'))
 
 
 def main(argv):

@@ -7,8 +7,9 @@ Command line::
       [--input {uint8,float}] [--step N]
 
 The artifact holds the whole inference, weights included: normalisation (uint8 input), network,
-sigmoid, peak extraction, top-K (and whatever else ``tasks.make_predict_fn`` decodes), and the
-scaling of boxes from the output map to the input canvas. ``DIR/export.json`` records the
+sigmoid, peak extraction, top-K (whatever the task's ``make_predict_fn`` decodes), and the
+scaling of boxes (every x, y array of the task's ``POINT_KEYS``) from the output map to the input
+canvas. ``DIR/export.json`` records the
 signature, the pre-processing and the label space (class names, original category ids).
 
 Signature (``B`` symbolic unless ``--batch N > 0``):
@@ -19,10 +20,9 @@ Signature (``B`` symbolic unless ``--batch N > 0``):
       scores  [B, K] float32, descending.
       classes [B, K] int32 contiguous labels (``export.json`` maps them to names and ids).
 
-The caller letterboxes each image onto the H x W canvas (:func:`letterbox`) and maps boxes back
-to original pixels with the returned inverse affine (:func:`boxes_to_original`). Both are numpy
-and PIL only; :func:`load` needs jax (StableHLO) or tensorflow (SavedModel), not the model
-code, and this module imports the model code only when exporting.
+This module only builds artifacts. ``serving.py`` loads them (``serving.load``) without the model
+code; the caller letterboxes each image onto the H x W canvas (``serving.letterbox``) and maps
+boxes back to original pixels with the returned inverse affine (``serving.boxes_to_original``).
 """
 
 from __future__ import annotations
@@ -41,39 +41,27 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from centernet_jax import boxes as boxes_lib
-from centernet_jax import config_lib
+from centernet_jax import boxes, config_lib
+from centernet_jax.serving import METADATA_FILE, STABLEHLO_FILE
 
 FLAGS = flags.FLAGS
 
 FORMATS = ('stablehlo', 'savedmodel')
 INPUTS = ('uint8', 'float')
-STABLEHLO_FILE = 'model.stablehlo'
-METADATA_FILE = 'export.json'
 # StableHLO compatibility window TensorFlow's XlaCallModule can read (see _tensorflow_compatible).
 TF_STABLEHLO_REQUIREMENT = 'WEEK_12'
 
 
 class ExportError(ValueError):
-  """An export request or a call of an exported model that cannot be served."""
+  """An export request that cannot be built."""
 
 
 # --- Building the serving function ---------------------------------------------------------
 
 
-def output_hw(model, height: int, width: int) -> tuple[int, int]:
-  """The network's output map size for an H x W input (traced, nothing computed)."""
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                                jnp.zeros((1, height, width, 3)), train=False))
-  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, height, width, 3)), train=False),
-                       variables)[-1]
-  first = next(iter(out.values()))
-  return int(first.shape[1]), int(first.shape[2])
-
-
 def make_serving_fn(config: ml_collections.ConfigDict, model, *, height: int, width: int,
                     input_dtype: str = 'uint8') -> Callable[[dict, jax.Array], dict]:
-  """``serve(variables, images) -> {boxes, scores, classes}`` with boxes in input pixels.
+  """``serve(variables, images) -> {boxes, scores, classes}`` with boxes in input-canvas pixels.
 
   Args:
     config: experiment config (``config.data`` normalisation, ``config.model``, ``config.eval``).
@@ -84,7 +72,7 @@ def make_serving_fn(config: ml_collections.ConfigDict, model, *, height: int, wi
   Returns:
     The function; its images are [B, height, width, 3] uint8 or float32.
   """
-  from centernet_jax import tasks
+  from centernet_jax import inference, models, tasks
 
   if input_dtype not in INPUTS:
     raise ExportError(f'--input must be one of {INPUTS}, got {input_dtype!r}')
@@ -95,29 +83,27 @@ def make_serving_fn(config: ml_collections.ConfigDict, model, *, height: int, wi
   if tasks.multi_scale(config):
     raise ExportError(f'config.eval.test_scales={tuple(config.eval.test_scales)}: an export '
                       'serves one scale; set --config.eval.test_scales=1.0')
-  out_h, out_w = output_hw(model, height, width)
-  if tasks.task_of(config.model) == 'ctdet':
-    down = config.model.down_ratio
-    if (out_h * down, out_w * down) != (height, width):
-      raise ExportError(
-          f'--height {height} --width {width} gives a {out_h}x{out_w} output map, not the input '
-          f'/ config.model.down_ratio={down}: use sizes the network divides exactly (multiples '
-          'of 32 for the ResNet and DLA backbones)')
-  scale = jnp.array([width / out_w, height / out_h] * 2, jnp.float32)
-  mean = jnp.array(data.mean, jnp.float32)
-  std = jnp.array(data.std, jnp.float32)
-  bgr = data.channel_order == 'BGR'
-  predict = tasks.make_predict_fn(config, model)
+  out_h, out_w = models.output_hw(model, height, width)
+  # The boxes are scaled by input / output map below: right only when the map covers the input
+  # at the network's stride (a map padded by rounding, e.g. ResNet on 48 px, would stretch them).
+  down = config.model.down_ratio
+  if (out_h, out_w) != (-(-height // down), -(-width // down)):
+    raise ExportError(
+        f'--height {height} --width {width} gives a {out_h}x{out_w} output map, not the input '
+        f'/ config.model.down_ratio={down}: use sizes the network divides exactly (multiples '
+        'of 32 for the ResNet and DLA backbones)')
+  stride = jnp.array([width / out_w, height / out_h], jnp.float32)  # per x, y pair
+  task = tasks.get(config.task)
+  predict = task.make_predict_fn(config, model)
 
   def serve(variables: dict, images: jax.Array) -> dict:
     if input_dtype == 'uint8':
-      images = images.astype(jnp.float32) / 255.0
-      if bgr:
-        images = images[..., ::-1]
-      images = (images - mean) / std
+      images = inference.normalize(images, mean=data.mean, std=data.std,
+                                   channel_order=data.channel_order)
     out = predict(variables, images)
-    served = {'boxes': out['boxes'] * scale, 'scores': out['scores'],
-              'classes': out['classes'].astype(jnp.int32)}
+    served = {key: out[key] * jnp.tile(stride, out[key].shape[-1] // 2)
+              for key in task.POINT_KEYS}
+    served.update(scores=out['scores'], classes=out['classes'].astype(jnp.int32))
     if 'valid' in out:  # after soft-NMS fewer than K may survive
       served['valid'] = out['valid']
     return served
@@ -232,9 +218,13 @@ def _first_error(message: str) -> str:
 def metadata(config: ml_collections.ConfigDict, meta: dict, *, step: int, fmt: str, batch: int,
              height: int, width: int, input_dtype: str, out_shapes: dict) -> dict:
   """What a server needs besides the artifact: signature, pre-processing, labels."""
+  from centernet_jax import tasks
+
   data = config.data
   outputs = {k: {'dtype': str(v.dtype), 'shape': ['B', *v.shape[1:]]}
              for k, v in sorted(out_shapes.items())}
+  for key in tasks.get(config.task).POINT_KEYS:
+    outputs[key]['units'] = 'x, y pairs in input-canvas pixels'
   outputs['boxes']['units'] = 'x1, y1, x2, y2 in input-canvas pixels'
   if 'valid' in outputs:
     outputs['valid']['units'] = 'False: no detection (score 0)'
@@ -249,10 +239,13 @@ def metadata(config: ml_collections.ConfigDict, meta: dict, *, step: int, fmt: s
                            f'already normalised: {data.channel_order} order, /255, '
                            '(x - mean) / std')},
       'outputs': outputs,
+      'task': config.task,
       'channel_order': data.channel_order,
       'mean': [float(v) for v in data.mean],
       'std': [float(v) for v in data.std],
       'eval_mode': data.eval_mode,
+      'eval_pad': int(data.eval_pad),
+      'eval_size': int(data.eval_size),
       'down_ratio': int(config.model.down_ratio),
       'K': int(config.eval.K),
       'flip_test': bool(config.eval.flip_test),
@@ -266,11 +259,10 @@ def metadata(config: ml_collections.ConfigDict, meta: dict, *, step: int, fmt: s
 
 
 def default_hw(config: ml_collections.ConfigDict) -> int:
-  """The evaluation canvas of an input_size image: eval_size (fixed_res) or (size | pad) + 1."""
+  """The evaluation canvas side of an input_size image (``boxes.canvas_hw``)."""
   data = config.data
-  if data.eval_mode == 'fixed_res':
-    return int(data.eval_size)
-  return (int(data.input_size) | int(data.eval_pad)) + 1
+  size = int(data.input_size)
+  return boxes.canvas_hw((size, size), data.eval_mode, pad=data.eval_pad, size=data.eval_size)[0]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, fmt: str, output: str, *,
@@ -281,7 +273,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fmt: str, output: str, 
   Returns:
     The metadata written.
   """
-  from centernet_jax import evaluate
+  from centernet_jax import inference
 
   if fmt not in FORMATS:
     raise ExportError(f'--format must be one of {FORMATS}, got {fmt!r}')
@@ -291,7 +283,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, fmt: str, output: str, 
   width = width or default_hw(config)
   if height <= 0 or width <= 0:
     raise ExportError(f'--height and --width must be positive, got {height} x {width}')
-  config, model, variables, step, meta = evaluate.load_for_inference(config, workdir, step)
+  config, model, variables, step, meta = inference.restore(config, workdir, step)
   serve = make_serving_fn(config, model, height=height, width=width, input_dtype=input_dtype)
   os.makedirs(output, exist_ok=True)
   if fmt == 'stablehlo':
@@ -310,122 +302,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, fmt: str, output: str, 
   with open(os.path.join(output, METADATA_FILE), 'w') as f:
     json.dump(info, f, indent=1)
   return info
-
-
-# --- Serving side: no model code ------------------------------------------------------------
-
-
-class ServedModel:
-  """A loaded artifact that checks its input before calling it.
-
-  ``model(images)`` -> dict of numpy boxes [B, K, 4], scores [B, K], classes [B, K]; the raw
-  callable is ``model.fn`` (``jax.export.Exported.call`` or the TF ``serving_default``).
-  """
-
-  def __init__(self, directory: str, fn: Callable, metadata_: dict):
-    self.directory = directory
-    self.fn = fn
-    self.metadata = metadata_
-    spec = metadata_['input']
-    self.shape = tuple(spec['shape'])
-    self.dtype = np.dtype(spec['dtype'])
-
-  def check(self, images) -> np.ndarray:
-    images = np.asarray(images)
-    want = '[' + ', '.join('B' if d is None else str(d) for d in self.shape) + ']'
-    if images.ndim != len(self.shape) or any(
-        d is not None and d != n for d, n in zip(self.shape, images.shape, strict=True)):
-      raise ExportError(f'{self.directory}: images must be {self.dtype} {want}, got shape '
-                        f'{list(images.shape)}')
-    if images.dtype != self.dtype:
-      raise ExportError(f'{self.directory}: images must be {self.dtype} {want}, got dtype '
-                        f'{images.dtype}')
-    return images
-
-  def __call__(self, images) -> dict:
-    out = self.fn(self.check(images))
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
-def load(directory: str) -> ServedModel:
-  """Loads an exported directory (either format) with its ``export.json``."""
-  meta_path = os.path.join(directory, METADATA_FILE)
-  if not os.path.isfile(meta_path):
-    raise FileNotFoundError(f'{meta_path} not found: not an export directory')
-  with open(meta_path) as f:
-    info = json.load(f)
-  if info['format'] == 'stablehlo':
-    with open(os.path.join(directory, STABLEHLO_FILE), 'rb') as f:
-      exported = jax.export.deserialize(bytearray(f.read()))
-    return ServedModel(directory, exported.call, info)
-  import tensorflow as tf
-  loaded = tf.saved_model.load(directory)
-  signature = loaded.signatures['serving_default']
-  return ServedModel(directory, lambda images: signature(images=tf.constant(images)), info)
-
-
-def _center_scale(orig_hw: tuple[int, int], input_hw: tuple[int, int], mode: str):
-  h, w = orig_hw
-  in_h, in_w = input_hw
-  if mode == 'keep_res':
-    return np.array([w // 2, h // 2], np.float32), np.array([in_w, in_h], np.float32)
-  if mode == 'fixed_res':
-    s = max(float(w), h * in_w / in_h)
-    return np.array([w / 2, h / 2], np.float32), np.array([s, s], np.float32)
-  raise ExportError(f"mode must be 'keep_res' or 'fixed_res', got {mode!r}")
-
-
-def letterbox_affine(orig_hw: tuple[int, int], input_hw: tuple[int, int], mode: str,
-                     inv: bool = False) -> np.ndarray:
-  """[2, 3] affine from original to input-canvas pixels (``inv``: the way back).
-
-  As the evaluation pre-processing (``data/transforms.eval_transform``): 'keep_res' is a centre
-  pad (c = (w // 2, h // 2), s = input size: an integer translation); 'fixed_res' a centred resize
-  keeping the aspect ratio (c = (w / 2, h / 2), s = max(h, w) for a square canvas; for H != W, s
-  is widened so the whole image fits).
-  """
-  center, scale = _center_scale(orig_hw, input_hw, mode)
-  return boxes_lib.get_affine_transform(center, scale, (input_hw[1], input_hw[0]), inv=inv)
-
-
-def letterbox(image: np.ndarray, input_hw: tuple[int, int], mode: str = 'keep_res'
-              ) -> tuple[np.ndarray, np.ndarray]:
-  """Places a uint8 RGB [h, w, 3] image on the H x W input canvas (zero border).
-
-  Returns:
-    (canvas [H, W, 3] uint8, [2, 3] inverse affine: input-canvas -> original pixels).
-  """
-  h, w = image.shape[:2]
-  in_h, in_w = input_hw
-  inv = letterbox_affine((h, w), input_hw, mode, inv=True)
-  if mode == 'keep_res':
-    if h > in_h or w > in_w:
-      raise ExportError(f'a {h}x{w} image does not fit the {in_h}x{in_w} canvas with '
-                        "mode='keep_res' (pad only): use mode='fixed_res' or a larger canvas")
-    top, left = in_h // 2 - h // 2, in_w // 2 - w // 2  # exactly the pipeline's pad
-    canvas = np.zeros((in_h, in_w, 3), np.uint8)
-    canvas[top:top + h, left:left + w] = image
-    return canvas, inv
-  from PIL import Image
-
-  # cv2.warpAffine (and the pipeline's tf warp) sample canvas pixel p at inv @ p with pixel
-  # centres on integers; PIL puts them at +0.5, so shift its offset to sample the same points.
-  pil = np.array(inv, np.float64)
-  pil[:, 2] += 0.5 - 0.5 * (pil[:, 0] + pil[:, 1])
-  canvas = Image.fromarray(image).transform(
-      (in_w, in_h), Image.Transform.AFFINE, data=tuple(float(v) for v in pil.reshape(-1)),
-      resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
-  return np.asarray(canvas), inv
-
-
-def boxes_to_original(boxes: np.ndarray, inverse_affine: np.ndarray,
-                      orig_hw: tuple[int, int]) -> np.ndarray:
-  """[..., 4] input-canvas boxes -> original pixels (affine, then clipped to the image)."""
-  boxes = np.asarray(boxes, np.float32)
-  pts = boxes.reshape(-1, 2)
-  pts = pts @ inverse_affine[:, :2].T.astype(np.float32) + inverse_affine[:, 2].astype(np.float32)
-  h, w = orig_hw
-  return np.clip(pts.reshape(boxes.shape), 0, [w, h, w, h])
 
 
 def main(argv):

@@ -1,15 +1,14 @@
-"""CenterNet and CornerNet losses.
+"""Loss terms shared by the keypoint tasks (the task modules weight and sum them).
 
-CenterNet: official `models/losses.py`, `trains/ctdet.py` (PARITY 4.4).
-CornerNet: official `models/py_utils/kp_utils.py` and `kp.py: AELoss` (PARITY 4.8).
+Focal loss and RegL1: official CenterNet `models/losses.py` (docs/parity.md 4.4). Smooth-L1
+offsets and the associative-embedding pull/push: official CornerNet `models/py_utils/kp_utils.py`
+(docs/parity.md 4.8).
 
 All reductions run over the whole batch passed in: under jit with a global
 batch, the focal loss is normalised by the global number of positives (the
 official code normalises per GPU chunk and then averages the chunks).
 Everything is computed in float32 whatever the input dtype.
 """
-
-from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -100,61 +99,21 @@ def reg_l1_loss(pred: jax.Array, ind: jax.Array, mask: jax.Array, target: jax.Ar
   return loss / (jnp.sum(m) + 1e-4)
 
 
-def ctdet_loss(
-    outputs: Sequence[Mapping[str, jax.Array]],
-    targets: Mapping[str, jax.Array],
-    *,
-    hm_weight: float = 1.0,
-    wh_weight: float = 0.1,
-    off_weight: float = 1.0,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """CenterNet detection loss, each term averaged over stacks.
-
-  As the official `CtdetLoss`, which adds every stack's hm, wh and off loss
-  divided by num_stacks (Hourglass-104 has two stacks).
-
-  Defaults are the official weights (hm 1, wh 0.1, off 1). A stack without a
-  'reg' head (official `--not_reg_offset`) contributes 0 offset loss.
-
-  Args:
-    outputs: list over stacks of {'hm': [B, h, w, C] logits, 'wh': [B, h, w, 2],
-      'reg': [B, h, w, 2] (optional)}.
-    targets: {'hm': [B, h, w, C], 'ind': [B, M] int32, 'wh': [B, M, 2],
-      'reg': [B, M, 2], 'reg_mask': [B, M]} from `targets.ctdet_targets`.
-    hm_weight: heatmap loss weight.
-    wh_weight: size loss weight.
-    off_weight: offset loss weight.
-
-  Returns:
-    (total, {'hm_loss', 'wh_loss', 'off_loss', 'loss'}) float32 scalars.
-  """
-  num_stacks = len(outputs)
-  hm_loss = wh_loss = off_loss = jnp.zeros((), jnp.float32)
-  for out in outputs:
-    hm_loss += focal_loss(out['hm'], targets['hm']) / num_stacks
-    wh_loss += reg_l1_loss(out['wh'], targets['ind'], targets['reg_mask'],
-                           targets['wh']) / num_stacks
-    if 'reg' in out and out['reg'] is not None:
-      off_loss += reg_l1_loss(out['reg'], targets['ind'], targets['reg_mask'],
-                              targets['reg']) / num_stacks
-  total = hm_weight * hm_loss + wh_weight * wh_loss + off_weight * off_loss
-  parts = {'hm_loss': hm_loss, 'wh_loss': wh_loss, 'off_loss': off_loss, 'loss': total}
-  return total, parts
-
-
 def smooth_l1(x: jax.Array) -> jax.Array:
   """Elementwise smooth-L1, beta 1 (torch `smooth_l1_loss`): 0.5 x^2 if |x| < 1, else |x| - 0.5."""
   ax = jnp.abs(x)
   return jnp.where(ax < 1, 0.5 * x * x, ax - 0.5)
 
 
-def corner_regr_loss(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
-  """Official CornerNet `_regr_loss`: smooth-L1 summed over both coordinates of the
-  masked objects, divided by (num_obj + 1e-4) (not 2 * num_obj, unlike `reg_l1_loss`).
+def masked_smooth_l1_loss(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Masked smooth-L1 per object (official CornerNet `_regr_loss`).
+
+  Smooth-L1 summed over every coordinate of the masked objects, divided by
+  (num_obj + 1e-4) (not D * num_obj, unlike `reg_l1_loss`).
 
   Args:
-    pred: [B, M, 2] offsets gathered at the target corners.
-    target: [B, M, 2] target offsets.
+    pred: [B, M, D] values gathered at the objects (CornerNet: corner offsets, D = 2).
+    target: [B, M, D] targets.
     mask: [B, M] object mask.
 
   Returns:
@@ -205,69 +164,3 @@ def ae_loss(tl_tag: jax.Array, br_tag: jax.Array,
   dist = (dist - 1 / (num + 1e-4)) / ((num - 1) * num + 1e-4)
   push = jnp.sum(pair * dist)
   return pull, push
-
-
-def cornernet_loss(
-    outputs: Sequence[Mapping[str, jax.Array]],
-    targets: Mapping[str, jax.Array],
-    *,
-    pull_weight: float = 0.1,
-    push_weight: float = 0.1,
-    regr_weight: float = 1.0,
-    images_per_chunk: float | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """CornerNet loss (official `AELoss`): every term summed over stacks, the total / num_stacks.
-
-  total = (sum_s [focal(tl_s) + focal(br_s)] + pull_weight * sum_s pull_s
-           + push_weight * sum_s push_s + regr_weight * sum_s [regr(tl_s) + regr(br_s)])
-          / num_stacks,
-  official weights pull 0.1, push 0.1, regr 1. The focal loss is `focal_loss`
-  (clamped sigmoid, normalised by the positives of the batch passed in,
-  separately for each corner type and stack); offsets use `corner_regr_loss`.
-
-  Pull and push are sums over images. The official code computes the loss per
-  GPU chunk and averages the chunks, so its pull/push is a sum over one chunk's
-  images (4 or 5 of the batch of 49 in `CornerNet.json`) while the focal and
-  offset terms are batch-size free. `images_per_chunk` reproduces that scale
-  with a global batch: pull and push are multiplied by images_per_chunk / B
-  (4.9 for the official 49 images over 10 chunks); None sums over the whole
-  batch (the official rule for a single chunk).
-
-  Args:
-    outputs: list over stacks of {'tl_heat', 'br_heat': [B, h, w, C] logits,
-      'tl_tag', 'br_tag': [B, h, w, 1], 'tl_regr', 'br_regr': [B, h, w, 2]} (raw NHWC).
-    targets: from `targets.cornernet_targets`: tl_heat, br_heat [B, h, w, C],
-      tl_tag, br_tag [B, M] int32, tl_regr, br_regr [B, M, 2], tag_mask [B, M].
-    pull_weight: pull loss weight.
-    push_weight: push loss weight.
-    regr_weight: offset loss weight.
-    images_per_chunk: see above.
-
-  Returns:
-    (total, {'focal_loss', 'pull_loss', 'push_loss', 'regr_loss', 'loss'}): float32
-    scalars; the parts are unweighted and divided by num_stacks, so total =
-    focal_loss + pull_weight * pull_loss + push_weight * push_loss + regr_weight * regr_loss.
-  """
-  num_stacks = len(outputs)
-  mask = targets['tag_mask']
-  batch = mask.shape[0]
-  tag_scale = 1.0 if images_per_chunk is None else float(images_per_chunk) / batch
-  zero = jnp.zeros((), jnp.float32)
-  focal = pull = push = regr = zero
-  for out in outputs:
-    focal += focal_loss(out['tl_heat'], targets['tl_heat'])
-    focal += focal_loss(out['br_heat'], targets['br_heat'])
-    tl_tag = gather_feat(out['tl_tag'], targets['tl_tag'])[..., 0]
-    br_tag = gather_feat(out['br_tag'], targets['br_tag'])[..., 0]
-    p, q = ae_loss(tl_tag, br_tag, mask)
-    pull += p * tag_scale
-    push += q * tag_scale
-    regr += corner_regr_loss(gather_feat(out['tl_regr'], targets['tl_tag']),
-                             targets['tl_regr'], mask)
-    regr += corner_regr_loss(gather_feat(out['br_regr'], targets['br_tag']),
-                             targets['br_regr'], mask)
-  focal, pull, push, regr = (x / num_stacks for x in (focal, pull, push, regr))
-  total = focal + pull_weight * pull + push_weight * push + regr_weight * regr
-  parts = {'focal_loss': focal, 'pull_loss': pull, 'push_loss': push, 'regr_loss': regr,
-           'loss': total}
-  return total, parts

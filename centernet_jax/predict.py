@@ -11,7 +11,8 @@ writes ``OUT/<image stem>.json`` (boxes in original pixels with category id, nam
   detector = Detector.from_checkpoint(config, 'W')   # or 'W/checkpoints/1000'
   detections = detector(['a.jpg', rgb_uint8_array])  # one list of dicts per image
 
-The network is compiled once per input size (jit caches by shape).
+Pre-processing (letterbox, normalisation), the compiled predictor and the mapping back to
+original pixels are ``inference.py``'s; the network is compiled once per input size.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from centernet_jax import boxes as boxes_lib
-from centernet_jax import checkpoint, config_lib, tasks
+from centernet_jax import checkpoint, config_lib, inference
 from centernet_jax.evaluation import coco as coco_eval
 from centernet_jax.evaluation import visualize
 
@@ -36,23 +36,28 @@ FLAGS = flags.FLAGS
 
 
 class Detector:
-  """A restored CenterNet that maps images to detections in original pixels."""
+  """A restored detector that maps images to detections in original pixels."""
 
   def __init__(self, config: ml_collections.ConfigDict, model, variables: dict, meta: dict):
+    """
+    Args:
+      config: resolved config (``inference.restore`` returns one).
+      model: the flax module.
+      variables: ``{'params', 'batch_stats'}``.
+      meta: the checkpoint's meta (``class_names``, ``category_ids``).
+    """
     self.config = config
     self.class_names = list(meta['class_names'])
     self.category_ids = [int(c) for c in meta['category_ids']]
     self._variables = jax.device_put(variables)
-    self._predict = jax.jit(tasks.make_predict_fn(config, model, merge_later=False))
+    self._predictor = inference.Predictor(config, model)
 
   @classmethod
   def from_checkpoint(cls, config: ml_collections.ConfigDict, path: str,
                       step: int | None = None) -> Detector:
     """Restores from a workdir, its checkpoints folder or one ``checkpoints/<step>`` folder."""
-    from centernet_jax import evaluate
-
-    config, model, variables, _, meta = evaluate.load_for_inference(config, path, step)
-    return cls(config, model, variables, meta)
+    restored = inference.restore(config, path, step)
+    return cls(restored.config, restored.model, restored.variables, restored.meta)
 
   def __call__(self, images: Sequence[str | np.ndarray], score_threshold: float = 0.0
                ) -> list[list[dict]]:
@@ -67,20 +72,13 @@ class Detector:
       original pixels, ``score``, ``label`` (contiguous), ``category_id`` (original id) and
       ``category_name``.
     """
-    from centernet_jax.data import pipeline
-
     results = []
     for image in images:
-      item = pipeline.load_image_for_predict(image, self.config.data)
-      out = jax.device_get(self._predict(self._variables, item['image']))
-      in_h, in_w = (int(v) for v in item['input_hw'][0])
-      down = self.config.model.down_ratio
-      boxes = boxes_lib.transform_preds(out['boxes'][0], item['center'][0], item['scale'][0],
-                                        (in_w // down, in_h // down))
-      orig_h, orig_w = (int(v) for v in item['orig_hw'][0])
-      boxes = np.clip(boxes, 0, [orig_w, orig_h, orig_w, orig_h])
+      batch = inference.preprocess(inference.read_image(image), self.config.data)
+      out = self._predictor.detect(self._variables, batch, clip=True)
       dets = []
-      for box, score, label in zip(boxes, out['scores'][0], out['classes'][0], strict=True):
+      for box, score, label in zip(out['boxes'][0], out['scores'][0], out['classes'][0],
+                                   strict=True):
         if score < score_threshold or score <= 0:  # CornerNet: rejected / suppressed
           continue
         dets.append({'bbox': [float(v) for v in box], 'score': float(score), 'label': int(label),

@@ -20,7 +20,7 @@ from centernet_jax import config_lib
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, test='single')
   c = config_lib.coco_ctdet_config(arch='hourglass', depth=104, batch_size=24, lr=2.5e-4)
-  c.model.head_conv = 256  # the hourglass heads use 256 hidden channels whatever head_conv says
+  c.model.head_conv = 256  # official: the hourglass heads are as wide as the stack
   c.train.num_epochs = 50
   c.optim.lr_steps = (40,)
   c.data.eval_pad = 127  # official --pad 127 for hourglass: inputs are multiples of 128

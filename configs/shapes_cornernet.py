@@ -15,10 +15,11 @@ from centernet_jax import config_lib
 
 def get_config(arg=None):
   del arg
-  c = config_lib.shapes_cpu_config(num_steps=1500, warmup_steps=100, eval_every=500)
+  c = config_lib.shapes_cpu_config(task='cornernet', num_steps=1500, warmup_steps=100,
+                                   eval_every=500)
   c.model.arch = 'cornernet_tiny'
-  c.model.depth = 0  # unused by hourglass models
-  c.loss.min_overlap = 0.3  # official gaussian_iou
+  c.model.head_conv = 16  # as wide as the tiny stack (official CornerNet: 256, the stack width)
+  c.loss.min_overlap = 0.3  # official gaussian_iou (the cornernet default)
   c.data.eval_pad = 31
   c.eval.flip_test = True
   c.train.log_every = 25

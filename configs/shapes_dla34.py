@@ -14,7 +14,7 @@ from centernet_jax import config_lib
 
 def get_config(arg=None):
   del arg
-  c = config_lib.shapes_cpu_config(num_steps=550, warmup_steps=50, eval_every=275)
+  c = config_lib.shapes_cpu_config(task='ctdet', num_steps=550, warmup_steps=50, eval_every=275)
   c.model.arch = 'dla'
   c.model.depth = 34
   c.model.head_conv = 256  # official default for DLA

@@ -17,7 +17,7 @@ from centernet_jax import config_lib
 
 def get_config(arg=None):
   del arg
-  c = config_lib.shapes_cpu_config(num_steps=2200, warmup_steps=100, eval_every=550)
+  c = config_lib.shapes_cpu_config(task='ctdet', num_steps=2200, warmup_steps=100, eval_every=550)
   c.model.arch = 'resnet'
   c.model.depth = 18
   c.model.head_conv = 64

@@ -11,7 +11,7 @@ from centernet_jax import config_lib
 
 def get_config(arg=None):
   del arg
-  c = config_lib.base_config()
+  c = config_lib.base_config(task='ctdet')
   c.seed = 0
   c.data.source = 'shapes'
   c.data.shapes_num_train = 16

@@ -84,7 +84,7 @@ def load_config(path: str):
 
 
 def synthetic_batch(rng, batch: int, size: int, max_objs: int, num_classes: int):
-  """Random normalised images and boxes: the train step's input dict (see steps.py)."""
+  """Random normalised images and boxes: the train step's input dict (tasks/ctdet.py)."""
   import numpy as np
   xy = rng.uniform(0, size * 0.8, (batch, max_objs, 2))
   wh = rng.uniform(size * 0.03, size * 0.4, (batch, max_objs, 2))
@@ -184,7 +184,8 @@ def device_peak(dtype: str, n: int = 2048) -> dict:
 
 def override(config, *, arch: str = '', depth: int = 0, dtype: str = '', num_classes: int = 0,
              size: int = 0):
-  """Applies command-line overrides to a config (returns it)."""
+  """Applies command-line overrides to a config; returns it resolved (heads for its classes)."""
+  from centernet_jax import tasks
   if arch:
     config.model.arch = arch
   if depth:
@@ -195,6 +196,8 @@ def override(config, *, arch: str = '', depth: int = 0, dtype: str = '', num_cla
     config.model.num_classes = num_classes
   if size:
     config.data.input_size = size
+  if config.model.num_classes > 0:
+    config = tasks.resolve_config(config, config.model.num_classes)
   return config
 
 
@@ -204,7 +207,7 @@ def _train_setup(config, *, batch: int, size: int):
   import numpy as np
 
   from centernet_jax import optim, sharding, tasks
-  from centernet_jax import steps as steps_lib
+  from centernet_jax import state as state_lib
   from centernet_jax.models import build_model
 
   mesh = sharding.make_mesh()
@@ -212,10 +215,10 @@ def _train_setup(config, *, batch: int, size: int):
   tx, schedule = optim.make_optimizer(config.optim, batch_size=batch, steps_per_epoch=1000,
                                       total_steps=100000)
   rep, dat = sharding.replicated(mesh), sharding.data_sharding(mesh)
-  state = jax.jit(functools.partial(steps_lib.init_state, model, tx,
+  state = jax.jit(functools.partial(state_lib.init_state, model, tx,
                                     image_shape=(1, size, size, 3)), out_shardings=rep)(
                                         jax.random.PRNGKey(0))
-  inner = tasks.make_train_step(config, model, tx, schedule)
+  inner = tasks.get(config.task).make_train_step(config, model, tx, schedule)
   step = jax.jit(inner, donate_argnums=(0,), in_shardings=(rep, dat), out_shardings=(rep, rep))
   data = jax.device_put(synthetic_batch(np.random.default_rng(0), batch, size,
                                         config.data.max_objs, config.model.num_classes), dat)
@@ -254,15 +257,14 @@ def bench_train(config, *, batch: int, size: int, steps: int, warmup: int) -> di
 
 
 @contextlib.contextmanager
-def _given_targets(name: str, tgt):
-  """While tracing: ``targets.<name>`` returns ``tgt`` (precomputed) instead of drawing."""
-  from centernet_jax import steps as steps_lib
-  saved = getattr(steps_lib.targets, name)
-  setattr(steps_lib.targets, name, lambda *a, **k: tgt)
+def _given_targets(task, name: str, tgt):
+  """While tracing: ``task.<name>`` (its targets) returns ``tgt`` (precomputed), not drawing."""
+  saved = getattr(task, name)
+  setattr(task, name, lambda *a, **k: tgt)
   try:
     yield
   finally:
-    setattr(steps_lib.targets, name, saved)
+    setattr(task, name, saved)
 
 
 def bench_targets_share(config, s: dict, step_s: float, *, batch: int, size: int, steps: int,
@@ -271,32 +273,32 @@ def bench_targets_share(config, s: dict, step_s: float, *, batch: int, size: int
 
   (a) ``targets_alone``: the jitted target function by itself on the same batch, divided by
   the full step time. (b) ``step_without_targets``: the same jitted step, traced while
-  ``targets.ctdet_targets`` returns targets computed beforehand and passed in as inputs; the
+  ``ctdet.ctdet_targets`` returns targets computed beforehand and passed in as inputs; the
   share is (full step - this step) / full step. (b) includes any fusion or overlap XLA finds,
   but on a shared CPU the difference of two noisy medians can be negative; (a) is an upper
   bound of the serial cost.
   """
   import jax
 
-  from centernet_jax import targets, tasks
+  from centernet_jax import models, tasks
 
+  task = tasks.get(config.task)
   down, classes = config.model.down_ratio, config.model.num_classes
-  if tasks.task_of(config.model) == 'ctdet':  # the calls of steps.py's make_targets
+  out_hw = models.output_hw(s['model'], size, size)
+  if config.task == 'ctdet':  # the calls of the task's make_train_step
     name = 'ctdet_targets'
 
     def render(batch_):
-      return targets.ctdet_targets(batch_['boxes'] / down, batch_['labels'], batch_['mask'],
-                                   num_classes=classes, output_hw=(size // down, size // down),
-                                   min_overlap=config.loss.min_overlap)
+      return task.ctdet_targets(batch_['boxes'] / down, batch_['labels'], batch_['mask'],
+                                num_classes=classes, output_hw=out_hw,
+                                min_overlap=config.loss.min_overlap)
   else:
     name = 'cornernet_targets'
 
     def render(batch_):
-      out = -(-size // down)
-      return targets.cornernet_targets(batch_['boxes'], batch_['labels'], batch_['mask'],
-                                       num_classes=classes, output_hw=(out, out),
-                                       input_hw=(size, size),
-                                       min_overlap=config.loss.min_overlap)
+      return task.cornernet_targets(batch_['boxes'], batch_['labels'], batch_['mask'],
+                                    num_classes=classes, output_hw=out_hw,
+                                    input_hw=(size, size), min_overlap=config.loss.min_overlap)
 
   render_c = jax.jit(render).lower(s['data']).compile()
   t_alone = time_fn(lambda: jax.block_until_ready(render_c(s['data'])), steps, warmup)
@@ -307,7 +309,7 @@ def bench_targets_share(config, s: dict, step_s: float, *, batch: int, size: int
   tgt = jax.block_until_ready(render_c(s['data']))
 
   def step_given(state, batch_, tgt_):
-    with _given_targets(name, tgt_):
+    with _given_targets(task, name, tgt_):
       return s['inner'](state, batch_)
 
   jitted = jax.jit(step_given, donate_argnums=(0,))
@@ -327,10 +329,10 @@ def bench_targets_share(config, s: dict, step_s: float, *, batch: int, size: int
 
 
 def _pipeline_folder(tmp: str, n_images: int, size: int, config):
-  from centernet_jax import config_lib
   from centernet_jax.data import pipeline
+  from centernet_jax.data.config import data_config
   paths = make_coco_folder(tmp, n_images)
-  cfg = config_lib.data_config()
+  cfg = data_config()
   cfg.source = 'coco_json'
   cfg.train_annotations = cfg.val_annotations = paths['ann']
   cfg.train_images = cfg.val_images = paths['images']
@@ -385,7 +387,8 @@ def bench_inference(config, variables, *, size: int, batch: int, steps: int,
   from centernet_jax import tasks
   from centernet_jax.models import build_model
 
-  predict = jax.jit(tasks.make_predict_fn(config, build_model(config.model)))
+  predict = jax.jit(tasks.get(config.task).make_predict_fn(
+      config, build_model(config.model), merge_later=tasks.multi_scale(config)))
   images = jax.random.normal(jax.random.PRNGKey(batch), (batch, size, size, 3), jnp.float32)
   t0 = time.perf_counter()
   compiled = predict.lower(variables, images).compile()
@@ -470,7 +473,7 @@ def bench_flops(specs: list[str], *, size: int, num_classes: int, config_path: s
             else config_path)
     config = override(load_config(path), arch=arch, depth=int(depth), dtype=dtype,
                       num_classes=num_classes)
-    side = size - 1 if arch.startswith('cornernet') else size
+    side = size - 1 if config.task == 'cornernet' else size
     row = {'kind': 'flops', 'arch': arch, 'depth': int(depth), 'size': side,
            'config': os.path.relpath(path, ROOT), 'head_conv': config.model.head_conv,
            'dtype': config.model.dtype, 'upsample': config.model.upsample}
@@ -543,8 +546,8 @@ def bench_input(*, size: int, n_images: int, batches: int, batch: int, cores: in
   an older commit's, from ``git show REV:centernet_jax/data/transforms.py > old.py``) for a
   before / after comparison on the same machine and images.
   """
-  from centernet_jax import config_lib
   from centernet_jax.data import import_tf, pipeline
+  from centernet_jax.data.config import data_config
 
   tf = import_tf()
   with contextlib.suppress(RuntimeError):  # fails once tf is initialised (tests); pinning holds
@@ -563,7 +566,7 @@ def bench_input(*, size: int, n_images: int, batches: int, batch: int, cores: in
       stack.callback(os.sched_setaffinity, 0, os.sched_getaffinity(0))
       os.sched_setaffinity(0, set(range(cores)))
     paths = make_coco_folder(tmp, n_images, noise=noise)
-    cfg = config_lib.data_config()
+    cfg = data_config()
     cfg.source = 'coco_json'
     cfg.train_annotations = cfg.val_annotations = paths['ann']
     cfg.train_images = cfg.val_images = paths['images']

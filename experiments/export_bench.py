@@ -5,8 +5,8 @@ r"""Latency of exported detectors against the jitted predict function, and artif
       --num_classes 80 --repeats 10
 
 Random-init weights (latency and size do not depend on training). Per batch size it times
-``predict`` = ``jax.jit(tasks.make_predict_fn(config, model))`` on
-normalised float32 images (what ``predict.Detector`` runs after its tf pre-processing);
+``predict`` = ``inference.Predictor(config, model)`` (the task's jitted predict function) on
+normalised float32 images (what ``predict.Detector`` runs after its numpy pre-processing);
 ``stablehlo`` = the deserialised ``jax.export`` artifact on uint8 images (normalisation inside);
 ``stablehlo_jit`` = the same under ``jax.jit``; ``stablehlo_sort_topk`` = the module the
 SavedModel wraps (top_k lowered as a sort) run by jax; ``savedmodel`` = the reloaded SavedModel's
@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
-from centernet_jax import export, tasks  # noqa: E402
+from centernet_jax import export, inference, tasks  # noqa: E402
 from centernet_jax.models import build_model  # noqa: E402
 from tests.conftest import load_config  # noqa: E402
 
@@ -67,7 +67,8 @@ def main():
   import tensorflow as tf
 
   config = load_config(args.config)
-  config.model.num_classes = args.num_classes
+  config.model.num_classes = -1  # any count the config names is replaced by --num_classes
+  config = tasks.resolve_config(config, args.num_classes)
   config.model.dtype = 'float32'  # CPU serving; bfloat16 is an accelerator choice
   model = build_model(config.model)
   variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0),
@@ -95,13 +96,14 @@ def main():
     sorted_topk = export.export_stablehlo(serve, variables, batch=0, height=args.size,
                                           width=args.size, input_dtype='uint8')
   signature = tf.saved_model.load(os.path.join(out, 'sm')).signatures['serving_default']
-  predict = jax.jit(tasks.make_predict_fn(config, model))
-  mean, std = np.array(config.data.mean, np.float32), np.array(config.data.std, np.float32)
+  predict = inference.Predictor(config, model)
+  data = config.data
   rows = []
   load_before = os.getloadavg()
   for b in (int(v) for v in args.batches.split(',')):
     images = np.random.default_rng(0).integers(0, 256, (b, args.size, args.size, 3), np.uint8)
-    norm = ((images[..., ::-1] / 255.0 - mean) / std).astype(np.float32)
+    norm = inference.normalize(images, mean=data.mean, std=data.std,
+                               channel_order=data.channel_order)
     images_tf = tf.constant(images)
     fixed_dir = os.path.join(out, f'sm_batch{b}')
     export.export_savedmodel(serve, variables, fixed_dir, batch=b, height=args.size,

@@ -15,7 +15,8 @@ r"""Fault-tolerance soak test: kill a smoke training 25 times, resume, compare w
    every step.
 
 Prints one JSON summary line and exits non-zero if a check failed. Results:
-experiments/fault_tolerance.md.
+experiments/fault_tolerance.md. One process (the signal handling is ``centernet_jax/fault.py``;
+the agreement between processes is tested in tests/multihost_test.py).
 """
 
 from __future__ import annotations

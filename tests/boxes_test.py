@@ -144,3 +144,110 @@ def test_xyxy_xywh(seed):
   np.testing.assert_allclose(boxes.xyxy_to_xywh(xyxy), xywh, atol=1e-9)
   np.testing.assert_allclose(boxes.xyxy_to_xywh(np.array([1.0, 2.0, 4.0, 8.0])),
                              [1.0, 2.0, 3.0, 6.0])
+
+
+# --- Letterbox -------------------------------------------------------------------------------
+
+
+def _warp_loop(image, trans, out_hw):
+  """cv2.warpAffine (bilinear, zero border) pixel by pixel: out(p) = image(trans^-1 p)."""
+  inv = np.linalg.inv(np.vstack([np.asarray(trans, np.float64), [0, 0, 1]]))
+  h, w = image.shape[:2]
+  out = np.zeros(tuple(out_hw) + image.shape[2:])
+  for y in range(out_hw[0]):
+    for x in range(out_hw[1]):
+      sx, sy = inv[0] @ [x, y, 1], inv[1] @ [x, y, 1]
+      x0, y0 = int(np.floor(sx)), int(np.floor(sy))
+      for yy, wy in ((y0, 1 - (sy - y0)), (y0 + 1, sy - y0)):
+        for xx, wx in ((x0, 1 - (sx - x0)), (x0 + 1, sx - x0)):
+          if 0 <= yy < h and 0 <= xx < w:
+            out[y, x] += wy * wx * image[yy, xx]
+  return out
+
+
+@pytest.mark.parametrize('orig_hw,mode,pad,size,expected', [
+    ((60, 80), 'keep_res', 31, 512, (64, 96)),
+    ((64, 64), 'keep_res', 31, 512, (96, 96)),  # an exact multiple still gets a border
+    ((427, 640), 'keep_res', 127, 512, (512, 768)),
+    ((427, 640), 'fixed_res', 127, 512, (512, 512)),
+])
+def test_canvas_hw(orig_hw, mode, pad, size, expected):
+  assert boxes.canvas_hw(orig_hw, mode, pad=pad, size=size) == expected
+
+
+def test_unknown_letterbox_mode_is_named():
+  with pytest.raises(ValueError, match="'keep_res' or 'fixed_res', got 'crop'"):
+    boxes.canvas_hw((10, 10), 'crop')
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_warp_affine_matches_loop(seed):
+  rng = np.random.default_rng(seed)
+  image = rng.uniform(0, 255, (9, 13, 2)).astype(np.float32)
+  zoom = rng.uniform(0.5, 2.0)
+  trans = np.array([[zoom, 0, rng.uniform(-3, 3)], [0, zoom, rng.uniform(-3, 3)]])
+  if seed == 2:  # not axis aligned
+    trans[0, 1], trans[1, 0] = 0.3, -0.2
+  got = boxes.warp_affine(image, trans, (11, 15))
+  assert got.shape == (11, 15, 2) and got.dtype == np.float32
+  np.testing.assert_allclose(got, _warp_loop(image, trans, (11, 15)), atol=1e-3)
+
+
+@pytest.mark.parametrize('orig_hw,input_hw,mode', [
+    ((50, 40), (64, 64), 'keep_res'),
+    ((64, 64), (64, 64), 'keep_res'),
+    ((30, 90), (64, 64), 'fixed_res'),
+    ((90, 30), (64, 96), 'fixed_res'),
+])
+def test_letterbox_and_boxes_to_original(orig_hw, input_hw, mode):
+  """Oracle: keep_res is the centred pad of eval_transform; fixed_res a centred aspect resize."""
+  rng = np.random.default_rng(1)
+  h, w = orig_hw
+  in_h, in_w = input_hw
+  image = rng.integers(1, 256, (h, w, 3), dtype=np.uint8)
+  canvas, inverse = boxes.letterbox(image, input_hw, mode)
+  assert canvas.shape == (in_h, in_w, 3) and canvas.dtype == np.uint8
+  if mode == 'keep_res':
+    top, left = in_h // 2 - h // 2, in_w // 2 - w // 2
+    zoom, offset = 1.0, np.array([left, top], np.float64)
+    np.testing.assert_array_equal(canvas[top:top + h, left:left + w], image)
+    assert canvas.sum() == image.astype(np.int64).sum()  # zero border
+  else:
+    zoom = min(in_w / w, in_h / h)
+    offset = np.array([in_w / 2 - zoom * w / 2, in_h / 2 - zoom * h / 2])
+    if in_h == in_w:  # the pipeline's official fixed_res warp (tf, bilinear) is the oracle
+      from centernet_jax.data import transforms
+      ref = transforms.eval_transform(image, mode='fixed_res', size=in_h, channel_order='RGB')
+      ref = np.round(np.asarray(ref['image']) * 255)
+      rows = np.flatnonzero(ref.any(axis=(1, 2)))
+      cols = np.flatnonzero(ref.any(axis=(0, 2)))
+      np.testing.assert_array_equal(np.flatnonzero(canvas.any(axis=(1, 2))), rows)
+      np.testing.assert_array_equal(np.flatnonzero(canvas.any(axis=(0, 2))), cols)
+      # The same cv2 maths, border blend included: equal to rounding everywhere.
+      np.testing.assert_allclose(canvas, ref, atol=1)
+  orig = np.array([[2.0, 3.0, w - 5.0, h - 1.0]])
+  in_canvas = np.concatenate([orig[:, :2] * zoom + offset, orig[:, 2:] * zoom + offset], axis=1)
+  back = boxes.boxes_to_original(in_canvas, inverse, orig_hw)
+  np.testing.assert_allclose(back, orig, atol=1e-3)
+  # Boxes outside the image clip to it.
+  far = boxes.boxes_to_original(np.array([[-1e4, -1e4, 1e4, 1e4]]), inverse, orig_hw)
+  np.testing.assert_allclose(far, [[0, 0, w, h]])
+  # The letterbox's (center, scale) give the same inverse through get_affine_transform.
+  center, scale = boxes.letterbox_center_scale(orig_hw, input_hw, mode)
+  np.testing.assert_allclose(
+      boxes.get_affine_transform(center, scale, (in_w, in_h), inv=True), inverse, atol=1e-6)
+
+
+def test_letterbox_keep_res_refuses_a_larger_image():
+  with pytest.raises(ValueError, match=r"100x40 image does not fit the 96x96 canvas"):
+    boxes.letterbox(np.zeros((100, 40, 3), np.uint8), (96, 96), 'keep_res')
+
+
+def test_points_to_original_maps_every_pair():
+  """[..., 2n] x, y pairs (boxes, keypoints) through one affine; clipping per axis."""
+  inverse = np.array([[2.0, 0.0, -10.0], [0.0, 2.0, -4.0]], np.float32)
+  points = np.array([[[5.0, 3.0, 6.0, 4.0, 100.0, 1.0]]])  # [1, 1, 3 pairs]
+  got = boxes.points_to_original(points, inverse)
+  np.testing.assert_allclose(got, [[[0.0, 2.0, 2.0, 4.0, 190.0, -2.0]]])
+  clipped = boxes.points_to_original(points, inverse, orig_hw=(3, 50))
+  np.testing.assert_allclose(clipped, [[[0.0, 2.0, 2.0, 3.0, 50.0, 0.0]]])

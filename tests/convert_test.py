@@ -1,7 +1,7 @@
 """Tests of centernet_jax.convert: converted PyTorch modules (written from the published
-architectures, tests/helpers/torch_models.py) give the same raw outputs as the originals, the
-full-size official names map completely, the Orbax round trip restores in evaluate/predict and as
-config.init, and bad inputs get one clear message each."""
+architectures, tests/helpers/torch_models/) give the same raw outputs as the originals, the
+full-size official names map completely, the heads are read from the file, the Orbax round trip
+restores in inference/predict and as config.init, and bad inputs get one clear message each."""
 
 from __future__ import annotations
 
@@ -18,31 +18,41 @@ import pytest
 
 torch = pytest.importorskip('torch')
 
-from centernet_jax import checkpoint, config_lib, convert, evaluate  # noqa: E402
+from centernet_jax import checkpoint, config_lib, convert, inference, tasks  # noqa: E402
 from centernet_jax.models import build_model, dla, resnet  # noqa: E402
-from tests.helpers import torch_models as tm  # noqa: E402
+from tests.helpers.torch_models import centernet as t_centernet  # noqa: E402
+from tests.helpers.torch_models import cornernet as t_cornernet  # noqa: E402
+from tests.helpers.torch_models import dla as t_dla  # noqa: E402
+from tests.helpers.torch_models import hourglass as t_hourglass  # noqa: E402
+from tests.helpers.torch_models import mmdet as t_mmdet  # noqa: E402
+from tests.helpers.torch_models import resnet as t_resnet  # noqa: E402
+from tests.helpers.torch_models import resnet_dcn as t_resdcn  # noqa: E402
+from tests.helpers.torch_models.randomize import randomize  # noqa: E402
 
 torch.set_num_threads(1)  # the machine is shared; one thread is also the fastest for tiny nets
 DATA = pathlib.Path(__file__).parent / 'data'
 HEADS = (('hm', 3), ('wh', 2), ('reg', 2))
 HEAD_CONV = 8
 TINY = dict(width=8, filters=(16, 16, 16))
-BB = tm.BasicBlock
+BB = t_resnet.BasicBlock
 _HG_TINY = (3, 2, (16, 16, 24, 32), (1, 1, 1, 1))  # n, stacks, dims, modules (HOURGLASS_TINY)
 
 # (format, arch) -> the PyTorch module of the same network (tiny widths, official structure).
 FULL_MODELS = {
-    ('centernet', 'res_tiny'): lambda: tm.MSRAResNet(BB, (1, 1, 1, 1), HEADS, HEAD_CONV, **TINY),
-    ('centernet', 'resdcn_tiny'): lambda: tm.ResNetDCN(BB, (1, 1, 1, 1), HEADS, HEAD_CONV, **TINY),
-    ('centernet', 'dla_tiny'): lambda: tm.DLASeg(*dla.TINY_SPEC, HEADS, HEAD_CONV),
-    ('mmdet', 'resnet_tiny_dcnv2'): lambda: tm.MMDetCenterNet(
+    ('centernet', 'res_tiny'): lambda: t_centernet.MSRAResNet(BB, (1, 1, 1, 1), HEADS, HEAD_CONV,
+                                                              **TINY),
+    ('centernet', 'resdcn_tiny'): lambda: t_resdcn.ResNetDCN(BB, (1, 1, 1, 1), HEADS, HEAD_CONV,
+                                                             **TINY),
+    ('centernet', 'dla_tiny'): lambda: t_dla.DLASeg(*dla.TINY_SPEC, HEADS, HEAD_CONV),
+    ('mmdet', 'resnet_tiny_dcnv2'): lambda: t_mmdet.MMDetCenterNet(
         BB, (1, 1, 1, 1), 3, use_dcn=True, feat=HEAD_CONV, **TINY),
-    ('mmdet', 'resnet_tiny'): lambda: tm.MMDetCenterNet(
+    ('mmdet', 'resnet_tiny'): lambda: t_mmdet.MMDetCenterNet(
         BB, (1, 1, 1, 1), 3, use_dcn=False, feat=HEAD_CONV, **TINY),
-    ('centernet', 'hourglass_tiny'): lambda: tm.ExKp(*_HG_TINY, HEADS, pre_dim=8, cnv_dim=16),
-    ('cornernet', 'tiny'): lambda: tm.CornerNetKp(*_HG_TINY, 3, pre_dim=8, cnv_dim=16,
-                                                  pool_dim=8),
-    ('mmdet', 'cornernet_tiny'): lambda: tm.MMDetCornerNet(
+    ('centernet', 'hourglass_tiny'): lambda: t_hourglass.ExKp(*_HG_TINY, HEADS, pre_dim=8,
+                                                              cnv_dim=16),
+    ('cornernet', 'tiny'): lambda: t_cornernet.CornerNetKp(*_HG_TINY, 3, pre_dim=8, cnv_dim=16,
+                                                           pool_dim=8),
+    ('mmdet', 'cornernet_tiny'): lambda: t_mmdet.MMDetCornerNet(
         3, 2, (16, 16, 24, 32), (1, 1, 1, 1), 3, feat_channel=16, pool_channels=8),
 }
 SIZES = [(64, 64), (64, 96)]
@@ -74,10 +84,11 @@ def _apply(module, variables, x, **kwargs):
 
 @functools.cache
 def _converted(fmt, arch):
-  """(torch module, our model, our variables) for one full architecture."""
-  module = tm.randomize(FULL_MODELS[fmt, arch](), seed=0)
+  """(torch module, our model, our variables) for one full architecture; the model config
+  (heads, head_conv) is read from the state_dict."""
+  module = randomize(FULL_MODELS[fmt, arch](), seed=0)
   variables = convert.convert_state_dict(module.state_dict(), arch, fmt)
-  model = build_model(convert.model_config(arch, fmt, num_classes=3, head_conv=HEAD_CONV))
+  model = build_model(convert.config_from_state_dict(module.state_dict(), arch, fmt))
   return module, model, variables
 
 
@@ -104,10 +115,10 @@ def test_converted_outputs_match_pytorch(fmt, arch, hw):
 @pytest.mark.parametrize('fmt', ['torchvision', 'dla_imagenet'])
 def test_converted_backbones_match_pytorch(fmt, hw):
   if fmt == 'torchvision':
-    module = tm.randomize(tm.ResNet(BB, (1, 1, 1, 1), width=8), seed=2)
+    module = randomize(t_resnet.ResNet(BB, (1, 1, 1, 1), width=8), seed=2)
     ours_module = resnet.TinyResNet()
   else:
-    module = tm.randomize(tm.DLA(*dla.TINY_SPEC), seed=2)
+    module = randomize(t_dla.DLA(*dla.TINY_SPEC), seed=2)
     ours_module = dla.DLA(*dla.TINY_SPEC)
   arch = {'torchvision': 'resnet_tiny', 'dla_imagenet': 'dla_tiny'}[fmt]
   variables = convert.convert_state_dict(module.state_dict(), arch, fmt)
@@ -162,12 +173,13 @@ def test_official_state_dicts_map_completely(fmt, arch, json_name):
 
 
 @pytest.mark.parametrize('fmt,arch,make', [
-    ('mmdet', 'resnet18_dcnv2', lambda: tm.MMDetCenterNet(BB, (2, 2, 2, 2), 80, use_dcn=True)),
-    ('mmdet', 'resnet18', lambda: tm.MMDetCenterNet(BB, (2, 2, 2, 2), 80, use_dcn=False)),
-    ('mmdet', 'cornernet_hg104', lambda: tm.MMDetCornerNet(
+    ('mmdet', 'resnet18_dcnv2', lambda: t_mmdet.MMDetCenterNet(BB, (2, 2, 2, 2), 80,
+                                                               use_dcn=True)),
+    ('mmdet', 'resnet18', lambda: t_mmdet.MMDetCenterNet(BB, (2, 2, 2, 2), 80, use_dcn=False)),
+    ('mmdet', 'cornernet_hg104', lambda: t_mmdet.MMDetCornerNet(
         5, 2, (256, 256, 384, 384, 384, 512), (2, 2, 2, 2, 2, 4), 80)),
-    ('torchvision', 'resnet50', lambda: tm.ResNet(tm.Bottleneck, (3, 4, 6, 3))),
-    ('dla_imagenet', 'dla34', lambda: tm.DLA(*dla.DLA_SPECS[34])),
+    ('torchvision', 'resnet50', lambda: t_resnet.ResNet(t_resnet.Bottleneck, (3, 4, 6, 3))),
+    ('dla_imagenet', 'dla34', lambda: t_dla.DLA(*dla.DLA_SPECS[34])),
 ])
 def test_full_size_module_names_map_completely(fmt, arch, make):
   with torch.device('meta'):  # shapes only
@@ -179,6 +191,44 @@ def test_full_size_module_names_map_completely(fmt, arch, make):
   if arch == 'cornernet_hg104':  # mmdet's CornerNet is the official one, renamed
     official = json.loads((DATA / 'official_cornernet_hg104.json').read_text())
     assert n_torch == official['num_params']
+
+
+@pytest.mark.parametrize('fmt,arch,json_name,heads,head_conv', [
+    ('centernet', 'res_18', 'res_18', (('hm', 80), ('wh', 2), ('reg', 2)), 64),
+    ('centernet', 'dla_34', 'dla_34', (('hm', 80), ('wh', 2), ('reg', 2)), 256),
+    ('centernet', 'hourglass', 'hourglass', (('hm', 80), ('wh', 2), ('reg', 2)), 256),
+    ('cornernet', 'hg104', 'cornernet_hg104', (('tl_heat', 80), ('br_heat', 80), ('tl_tag', 1),
+                                               ('br_tag', 1), ('tl_regr', 2), ('br_regr', 2)),
+     256),
+])
+def test_model_config_reads_heads_from_official_state_dicts(fmt, arch, json_name, heads,
+                                                            head_conv):
+  """Heads and their width come from the file, in the configs' order (msra_resnet registers its
+  heads sorted: hm, reg, wh)."""
+  official = json.loads((DATA / f'official_{json_name}.json').read_text())
+  cfg = convert.config_from_state_dict(_shapes_only(official['state_dict']), arch, fmt)
+  assert (cfg.heads, cfg.head_conv, cfg.num_classes) == (heads, head_conv, 80)
+  assert cfg.to_dict() == convert.model_config(arch, fmt).to_dict()  # the official defaults
+
+
+def test_heads_of_different_widths_are_named():
+  module = t_centernet.MSRAResNet(BB, (1, 1, 1, 1), HEADS, HEAD_CONV, **TINY)
+  sd = {k: v.numpy() for k, v in module.state_dict().items()}
+  sd['wh.0.weight'], sd['wh.0.bias'] = np.zeros((4, 16, 3, 3)), np.zeros(4)
+  sd['wh.2.weight'] = np.zeros((2, 4, 1, 1))
+  with pytest.raises(convert.ConversionError, match='different hidden widths'):
+    convert.convert_state_dict(sd, 'res_tiny')
+
+
+@pytest.mark.parametrize('fmt,arch', sorted((f, a) for f in convert.FORMATS
+                                            for a in convert.FORMATS[f]))
+def test_every_format_builds_its_model(fmt, arch):
+  """The tables next to the models set only options their arch takes."""
+  cfg = convert.model_config(arch, fmt)
+  if convert.FORMATS[fmt][arch].backbone_only:
+    assert (cfg.heads, cfg.num_classes) == ((), -1)
+    cfg.heads = (('hm', 1),)
+  assert build_model(cfg) is not None
 
 
 def test_coco_checkpoint_converts_values_with_the_right_layouts():
@@ -218,10 +268,8 @@ def test_zoo_configs_match_converted_meta(fmt, arch, config_name, arg):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   cfg = module.get_config(arg)
-  cfg.model.num_classes = 80  # what load_for_inference resolves from the checkpoint's classes
-  head_conv = convert.FORMATS[fmt][arch].head_conv
-  saved = {'model': convert.model_config(arch, fmt, num_classes=80, head_conv=head_conv)
-           .to_dict()}
+  cfg = tasks.resolve_config(cfg, 80)  # as inference.restore does with the checkpoint's classes
+  saved = json.loads(json.dumps({'model': convert.model_config(arch, fmt).to_dict()}))  # meta
   checkpoint.check_meta(saved, {'model': cfg.model.to_dict()}, config_name)
 
 
@@ -253,16 +301,16 @@ def test_round_trip_through_orbax_restores_in_evaluate_and_predict(res_tiny_pth,
                      str(res_tiny_pth), '--output', str(out), '--class_names', 'a,b,c'])
   assert rc == 0
   _, model, variables = _converted('centernet', 'res_tiny')
-  cfg, model2, restored, step, meta = evaluate.load_for_inference(_model_section('res_tiny'),
-                                                                  str(out))
+  cfg, model2, restored, step, meta = inference.restore(_model_section('res_tiny'), str(out))
   assert step == 0 and cfg.model.num_classes == 3
+  assert tuple(map(tuple, meta['model']['heads'])) == HEADS and cfg.model.heads == HEADS
   assert meta['class_names'] == ['a', 'b', 'c'] and meta['category_ids'] == [1, 2, 3]
   x = _nhwc(_images((64, 96)))
   for a, b in zip(jax.tree.leaves(_apply(model, variables, x)), jax.tree.leaves(
       _apply(model2, restored, x)), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-  # predict.Detector restores through load_for_inference: the same variables, class table.
+  # predict.Detector restores through inference.restore: the same variables, class table.
   detector = predict.Detector.from_checkpoint(_model_section('res_tiny'), str(out))
   assert detector.class_names == ['a', 'b', 'c'] and detector.category_ids == [1, 2, 3]
   for a, b in zip(jax.tree.leaves(detector._variables), jax.tree.leaves(variables), strict=True):
@@ -271,32 +319,32 @@ def test_round_trip_through_orbax_restores_in_evaluate_and_predict(res_tiny_pth,
 
 def test_coco_checkpoint_meta_has_coco_names_and_ids(tmp_path):
   heads = (('hm', 80), ('wh', 2), ('reg', 2))
-  module = tm.MSRAResNet(BB, (1, 1, 1, 1), heads, HEAD_CONV, **TINY)
+  module = t_centernet.MSRAResNet(BB, (1, 1, 1, 1), heads, HEAD_CONV, **TINY)
   np.savez(tmp_path / 'coco.npz', **{k: v.numpy() for k, v in module.state_dict().items()})
   convert.convert_file(str(tmp_path / 'coco.npz'), str(tmp_path / 'out'), 'res_tiny')  # no torch
   meta = checkpoint.Checkpointer(str(tmp_path / 'out' / 'checkpoints'),
                                  read_only=True).restore_meta(0)
   assert len(meta['class_names']) == 80 and meta['class_names'][0] == 'person'
   assert meta['category_ids'][:3] == [1, 2, 3] and meta['category_ids'][-1] == 90
-  assert meta['model'] == convert.model_config('res_tiny', num_classes=80,
-                                               head_conv=HEAD_CONV).to_dict()
+  expected = convert.model_config('res_tiny', num_classes=80, head_conv=HEAD_CONV).to_dict()
+  assert meta['model'] == json.loads(json.dumps(expected))  # the heads read from the file
+  assert meta['model']['heads'] == [['hm', 80], ['wh', 2], ['reg', 2]]
 
 
 def _fresh_variables(model, seed=5):
   """Stand-ins for freshly initialised variables (model.init compiles slowly on CPU)."""
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape), a.dtype),
-                      evaluate.abstract_variables(model))
+                      inference.abstract_variables(model, (64, 64)))
 
 
 def test_backbone_checkpoint_initialises_a_detector(tmp_path, caplog):
-  module = tm.randomize(tm.ResNet(BB, (1, 1, 1, 1), width=8), seed=4)
+  module = randomize(t_resnet.ResNet(BB, (1, 1, 1, 1), width=8), seed=4)
   torch.save(module.state_dict(), tmp_path / 'resnet_tiny.pth')
   convert.convert_file(str(tmp_path / 'resnet_tiny.pth'), str(tmp_path / 'bb'), 'resnet_tiny',
                        'torchvision')
   converted = convert.convert_state_dict(module.state_dict(), 'resnet_tiny', 'torchvision')
-  cfg = _model_section('res_tiny')
-  cfg.model.num_classes = 3
+  cfg = tasks.resolve_config(_model_section('res_tiny'), 3)
   target = _fresh_variables(build_model(cfg.model))
   with caplog.at_level(logging.INFO):
     step, variables = checkpoint.init_variables_from(str(tmp_path / 'bb'), target,
@@ -316,8 +364,7 @@ def test_init_reinitialises_heads_of_another_class_count_and_rejects_other_archs
     res_tiny_pth, tmp_path, caplog):
   convert.convert_file(str(res_tiny_pth), str(tmp_path / 'c3'), 'res_tiny',
                        class_names=['a', 'b', 'c'])
-  cfg = _model_section('res_tiny')
-  cfg.model.num_classes = 5
+  cfg = tasks.resolve_config(_model_section('res_tiny'), 5)
   target = _fresh_variables(build_model(cfg.model))
   _, _, converted = _converted('centernet', 'res_tiny')
   with caplog.at_level(logging.INFO):
@@ -331,8 +378,7 @@ def test_init_reinitialises_heads_of_another_class_count_and_rejects_other_archs
   np.testing.assert_array_equal(variables['params']['wh']['2']['kernel'],
                                 converted['params']['wh']['2']['kernel'])
 
-  other = _model_section('resdcn_tiny')
-  other.model.num_classes = 3
+  other = tasks.resolve_config(_model_section('resdcn_tiny'), 3)
   with pytest.raises(checkpoint.ModelMismatchError, match='deconv_layers/0/kernel'):
     checkpoint.init_variables_from(str(tmp_path / 'c3'), _fresh_variables(
         build_model(other.model)), {'model': other.model.to_dict()})
@@ -348,7 +394,8 @@ def test_checkpoint_of_another_architecture_is_named():
     convert.convert_state_dict(module.state_dict(), 'dla_tiny')
   assert 'looks like a CenterNet msra_resnet checkpoint' in str(e.value)
   with pytest.raises(convert.ConversionError, match='looks like an ImageNet ResNet'):
-    convert.convert_state_dict(tm.ResNet(BB, (1, 1, 1, 1), width=8).state_dict(), 'res_tiny')
+    convert.convert_state_dict(t_resnet.ResNet(BB, (1, 1, 1, 1), width=8).state_dict(),
+                               'res_tiny')
 
 
 def test_missing_unexpected_and_mismatched_keys_listed_in_one_message():

@@ -1,6 +1,7 @@
-"""Tests of the DCN models (centernet_jax.models.dla, .resnet_dcn): parameter layout and counts vs
-the official state_dicts, output shapes of the tiny variants, and the depthwise up-convolution
-against a numpy oracle of PyTorch's ConvTranspose2d definition."""
+"""Tests of the DCN models (centernet_jax.models.dla, .dla_dcn, .resnet_dcn): parameter layout
+and counts vs the official state_dicts, the options each takes, output shapes of the tiny
+variants, and the depthwise up-convolution against a numpy oracle of PyTorch's ConvTranspose2d
+definition."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from centernet_jax.convert import official_to_ours
-from centernet_jax.models import dla, resnet_dcn
+from centernet_jax import models
+from centernet_jax.models import dla, dla_dcn, resnet_dcn, torch_names
 
 HEADS = (('hm', 80), ('wh', 2), ('reg', 2))
 # Official parameter names and shapes (copies of shared/reference/official_state_dicts).
@@ -34,20 +35,17 @@ def _flat_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
   return {tuple(k.key for k in path): tuple(x.shape) for path, x in flat}
 
 
-def _is_transpose(path: list[str]) -> bool:
-  """Official non-grouped ConvTranspose2d weights: resnet_dcn deconv_layers.{3, 9, 15}.
-
-  (DLA's depthwise up_K weights (C, 1, k, k) read as (out, in / groups, kh, kw) like a conv.)
-  """
-  return path[0] == 'deconv_layers' and int(path[1]) % 6 == 3
+# The name rules next to each model (the converter's): which official key is which variable.
+_TORCH_NAMES = {'dla_34': dla_dcn.TORCH_NAMES, 'resdcn_18': resnet_dcn.TORCH_NAMES}
 
 
-def _official_to_ours(key: str, shape: list[int]):
-  return official_to_ours(key, shape, _is_transpose)
+def _official_to_ours(arch: str, key: str, shape: list[int]):
+  mapped = torch_names.to_variable(key, shape, _TORCH_NAMES[arch])
+  return mapped and mapped[:2]
 
 
-_FULL = {'dla_34': lambda: dla.build_centernet(depth=34, heads=HEADS, head_conv=256),
-         'resdcn_18': lambda: resnet_dcn.build_centernet(depth=18, heads=HEADS, head_conv=64)}
+_FULL = {'dla_34': lambda: dla_dcn.build_dla(depth=34, heads=HEADS, head_conv=256),
+         'resdcn_18': lambda: resnet_dcn.build_resdcn(depth=18, heads=HEADS, head_conv=64)}
 
 
 @pytest.mark.parametrize('arch,count', [('dla_34', 19_675_892), ('resdcn_18', 14_437_349)])
@@ -64,7 +62,7 @@ def test_param_count_matches_official(arch, count):
 @pytest.mark.parametrize('arch', ['dla_34', 'resdcn_18'])
 def test_variables_map_one_to_one_onto_official_state_dict(arch):
   official = _official(arch)
-  expected = dict(filter(None, (_official_to_ours(e['key'], e['shape'])
+  expected = dict(filter(None, (_official_to_ours(arch, e['key'], e['shape'])
                                 for e in official['state_dict'])))
   assert _flat_shapes(_abstract_variables(_FULL[arch]())) == expected
 
@@ -77,13 +75,25 @@ def test_dla34_feature_strides_and_channels():
       (1, 64 // 2**i, 96 // 2**i, c) for i, c in enumerate((16, 32, 64, 128, 256, 512))]
 
 
-def test_builders_reject_neck_skips_and_unknown_depth():
-  with pytest.raises(ValueError):
-    dla.build_centernet(heads=HEADS, neck_skips=True)
-  with pytest.raises(ValueError):
-    dla.build_centernet(depth=18, heads=HEADS)
-  with pytest.raises(ValueError):
-    resnet_dcn.build_centernet(heads=HEADS, neck_skips=True)
+def test_builders_reject_unknown_values():
+  with pytest.raises(ValueError, match='unknown DLA depth 18'):
+    dla_dcn.build_dla(depth=18, heads=HEADS)
+  with pytest.raises(ValueError, match='config.model.deconv_init'):
+    dla_dcn.build_dla(heads=HEADS, deconv_init='nearest')
+  with pytest.raises(ValueError, match='config.model.head_init'):
+    resnet_dcn.build_resdcn(heads=HEADS, head_init='xavier')
+  with pytest.raises(ValueError, match='config.model.upsample'):
+    resnet_dcn.build_resdcn_tiny(heads=HEADS, upsample='nearest')
+
+
+@pytest.mark.parametrize('arch,key,value', [
+    ('dla', 'upsample', 'conv_transpose'),  # bug: DLA used to drop it silently
+    ('dla', 'neck_skips', True), ('dla_tiny', 'depth', 34), ('resdcn', 'neck_skips', True),
+    ('resdcn_tiny', 'depth', 101), ('mmdet_resnet_tiny', 'neck_skips', True)])
+def test_options_an_arch_cannot_honour_are_errors_naming_key_and_arch(arch, key, value):
+  cfg = {'arch': arch, 'heads': HEADS, 'depth': 34 if arch == 'dla' else 18, key: value}
+  with pytest.raises(ValueError, match=rf"config.model.{key}=.*arch '{arch}' does not take"):
+    models.build_model(cfg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,7 +109,7 @@ def _synthetic_variables(model, hw):
   return {'params': params, 'batch_stats': stats}
 
 
-_TINY = {'dla': dla.build_tiny_centernet, 'resdcn': resnet_dcn.build_tiny_centernet}
+_TINY = {'dla': dla_dcn.build_dla_tiny, 'resdcn': resnet_dcn.build_resdcn_tiny}
 
 
 @pytest.mark.parametrize('arch', sorted(_TINY))
@@ -118,7 +128,7 @@ def test_tiny_output_shapes(arch, hw):
 
 
 def test_tiny_dla_train_step_updates_every_batch_stat_and_has_finite_grads():
-  model = dla.build_tiny_centernet(heads=(('hm', 3), ('wh', 2), ('reg', 2)), head_conv=8)
+  model = dla_dcn.build_dla_tiny(heads=(('hm', 3), ('wh', 2), ('reg', 2)), head_conv=8)
   variables = _synthetic_variables(model, (64, 64))
   images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
 
@@ -170,7 +180,7 @@ def test_depthwise_conv_transpose_matches_numpy_oracle(factor, shape):
   k = 2 * factor
   w_torch = rng.standard_normal((shape[-1], 1, k, k)).astype(np.float32)
   kernel = w_torch.transpose(2, 3, 1, 0)  # documented layout: kernel[ky, kx, 0, c]
-  got = dla.depthwise_conv_transpose(jnp.asarray(x), jnp.asarray(kernel), factor)
+  got = dla_dcn.depthwise_conv_transpose(jnp.asarray(x), jnp.asarray(kernel), factor)
   assert got.shape == (shape[0], factor * shape[1], factor * shape[2], shape[-1])
   np.testing.assert_allclose(got, _numpy_depthwise_conv_transpose(x, w_torch, factor),
                              rtol=1e-5, atol=1e-5)
@@ -178,12 +188,12 @@ def test_depthwise_conv_transpose_matches_numpy_oracle(factor, shape):
 
 def test_depthwise_up_bilinear_init_fills_every_channel():
   x = jnp.ones((1, 3, 3, 5))
-  kernel = dla.DepthwiseUp(2).init(jax.random.key(0), x)['params']['kernel']
+  kernel = dla_dcn.DepthwiseUp(2).init(jax.random.key(0), x)['params']['kernel']
   r = np.array([0.25, 0.75, 0.75, 0.25], np.float32)
   np.testing.assert_allclose(kernel, np.broadcast_to(np.outer(r, r)[:, :, None, None],
                                                      (4, 4, 1, 5)))
   # Bilinear up-sampling of a constant map is constant away from the border.
-  y = dla.DepthwiseUp(2).apply({'params': {'kernel': kernel}}, x)
+  y = dla_dcn.DepthwiseUp(2).apply({'params': {'kernel': kernel}}, x)
   np.testing.assert_allclose(y[0, 1:-1, 1:-1], 1.0, rtol=1e-6)
 
 

@@ -127,7 +127,7 @@ def test_images_without_detections_count():
   gt = make_gt()
   half = coco_eval_lib.evaluate_detections(gt, perfect_detections({1, 2}), log=_silent)
   assert half['AP'] < 0.9 and half['AR100'] < 0.9
-  # Evaluating only the images with detections would hide the misses (PARITY 4.11).
+  # Evaluating only the images with detections would hide the misses (docs/parity.md 4.11).
   only = coco_eval_lib.evaluate_detections(
     gt, perfect_detections({1, 2}), image_ids=[1, 2], log=_silent)
   assert only['AP'] == pytest.approx(1.0)

@@ -1,4 +1,5 @@
-"""Exported detectors (StableHLO, TF SavedModel) reload in a fresh process and match predict."""
+"""Exported detectors (StableHLO, TF SavedModel) reload in a fresh process (or through
+``serving.load``) and match predict."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from centernet_jax import checkpoint, export, predict, steps, train
+from centernet_jax import checkpoint, export, inference, predict, serving, state, tasks, train
 from centernet_jax.data import pipeline
 from centernet_jax.data import shapes as shapes_lib
 from centernet_jax.models import build_model
@@ -38,21 +39,19 @@ def workdir(tmp_path_factory, shapes_dir):
   is a point; scaled up, scores spread (0.11-0.13, gaps ~1e-5) and boxes get a size, so "same
   top-K" is a real check rather than a tie-break lottery.
   """
-  c = _config(shapes_dir)
-  info = pipeline.get_dataset_info(c.data)
-  c.model.num_classes = info.num_classes
+  info = pipeline.get_dataset_info(_config(shapes_dir).data)
+  c = tasks.resolve_config(_config(shapes_dir), info.num_classes)
   model = build_model(c.model)
-  init = functools.partial(steps.init_state, model, optax.adam(1e-3),
+  init = functools.partial(state.init_state, model, optax.adam(1e-3),
                            image_shape=(1, SIZE, SIZE, 3))
-  state = jax.jit(init)(jax.random.PRNGKey(0))  # jitted: eager init costs ~20 s of CPU
-  params = dict(state.params)
+  initial = jax.jit(init)(jax.random.PRNGKey(0))  # jitted: eager init costs ~20 s of CPU
+  params = dict(initial.params)
   params['deconv_layers'] = jax.tree.map(lambda x: x * 100.0 if x.ndim == 4 else x,
                                          params['deconv_layers'])
   params['wh'] = jax.tree.map(lambda x: x * 20.0, params['wh'])
-  state = state.replace(params=params)
   path = str(tmp_path_factory.mktemp('export_workdir'))
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(path))
-  ckpt.save(state, train.checkpoint_meta(c, info), force=True)
+  ckpt.save(initial.replace(params=params), train.checkpoint_meta(c, info), force=True)
   ckpt.wait()
   ckpt.close()
   return path
@@ -121,11 +120,11 @@ def _run_fresh(fmt: str, directory: str, images_path: str, out_path: str):
 @pytest.mark.parametrize('fmt', export.FORMATS)
 def test_fresh_process_matches_predict(fmt, artifacts, detector, shapes_dir, tmp_path):
   images = _images(shapes_dir)
-  canvases, inverses = zip(*[export.letterbox(im, (CANVAS, CANVAS), 'keep_res') for im in images],
-                           strict=True)
+  canvases, inverses = zip(*[serving.letterbox(im, (CANVAS, CANVAS), 'keep_res')
+                             for im in images], strict=True)
   np.save(tmp_path / 'images.npy', np.stack(canvases))
   got = _run_fresh(fmt, artifacts[fmt], str(tmp_path / 'images.npy'), str(tmp_path / 'out.npz'))
-  meta = json.load(open(os.path.join(artifacts[fmt], export.METADATA_FILE)))
+  meta = json.load(open(os.path.join(artifacts[fmt], serving.METADATA_FILE)))
   K = meta['K']
   assert meta['outputs']['boxes'] == {'dtype': 'float32', 'shape': ['B', K, 4],
                                       'units': 'x1, y1, x2, y2 in input-canvas pixels'}
@@ -138,7 +137,7 @@ def test_fresh_process_matches_predict(fmt, artifacts, detector, shapes_dir, tmp
   for i, image in enumerate(images):
     key, j = ('one', 0) if i == 0 else ('four', i - 1)
     want = detector([image])[0]
-    boxes = export.boxes_to_original(got[f'{key}_boxes'][j], inverses[i], image.shape[:2])
+    boxes = serving.boxes_to_original(got[f'{key}_boxes'][j], inverses[i], image.shape[:2])
     _assert_same_detections(boxes, got[f'{key}_scores'][j], got[f'{key}_classes'][j], want)
 
 
@@ -160,34 +159,40 @@ def test_float_input_and_fixed_batch(workdir, shapes_dir, tmp_path):
   c = _config(shapes_dir)
   export.run(c, workdir, 'stablehlo', str(tmp_path), batch=2, input_dtype='float', height=CANVAS,
              width=CANVAS)
-  served = export.load(str(tmp_path))
+  served = serving.load(str(tmp_path))
   assert served.metadata['input'] == {**served.metadata['input'], 'dtype': 'float32',
                                       'shape': [2, CANVAS, CANVAS, 3]}
+  assert served.input_hw == (CANVAS, CANVAS)
+  assert (served.metadata['task'], served.metadata['eval_mode'], served.metadata['eval_pad']) == (
+      'ctdet', 'keep_res', 31)
   originals = _images(shapes_dir)[:2]
   norm = np.concatenate([pipeline.load_image_for_predict(im, c.data)['image'] for im in originals])
-  images = np.stack([export.letterbox(im, (CANVAS, CANVAS))[0] for im in originals])
+  images = np.stack([serving.letterbox(im, (CANVAS, CANVAS))[0] for im in originals])
   # numpy oracle of the normalisation: RGB -> BGR, /255, COCO mean/std.
   oracle = (images[..., ::-1] / 255.0 - np.array(c.data.mean)) / np.array(c.data.std)
   np.testing.assert_allclose(norm, oracle, atol=1e-5)
   got = served(norm.astype(np.float32))
-  from centernet_jax import evaluate, tasks
-  config, model, variables, _, _ = evaluate.load_for_inference(c, workdir)
-  want = jax.jit(tasks.make_predict_fn(config, model))(variables, norm)
+  # the numpy pre-processing predict uses gives the same images
+  np.testing.assert_array_equal(
+      np.concatenate([inference.preprocess(im, c.data)['image'] for im in originals]), norm)
+  config, model, variables, _, _ = inference.restore(c, workdir)
+  want = jax.jit(tasks.get(config.task).make_predict_fn(config, model))(variables, norm)
   for i in range(2):
     ref = [{'bbox': box, 'score': score, 'label': label} for box, score, label in zip(
         np.asarray(want['boxes'][i]) * config.model.down_ratio, np.asarray(want['scores'][i]),
         np.asarray(want['classes'][i]), strict=True)]
     _assert_same_detections(got['boxes'][i], got['scores'][i], got['classes'][i], ref)
-  with pytest.raises(export.ExportError, match=r'float32 \[2, 96, 96, 3\], got shape \[3,'):
+  with pytest.raises(serving.ServingError, match=r'float32 \[2, 96, 96, 3\], got shape \[3,'):
     served(np.zeros((3, CANVAS, CANVAS, 3), np.float32))
 
 
 def test_fixed_batch_savedmodel_matches_symbolic(artifacts, workdir, shapes_dir, tmp_path):
   """--batch 2 keeps lax.top_k (TF runs it with static shapes); the symbolic one sorts."""
   export.run(_config(shapes_dir), workdir, 'savedmodel', str(tmp_path), batch=2)
-  images = np.stack([export.letterbox(im, (CANVAS, CANVAS))[0] for im in _images(shapes_dir)[3:]])
-  got = export.load(str(tmp_path))(images)
-  want = export.load(artifacts['savedmodel'])(images)
+  images = np.stack([serving.letterbox(im, (CANVAS, CANVAS))[0]
+                     for im in _images(shapes_dir)[3:]])
+  got = serving.load(str(tmp_path))(images)
+  want = serving.load(artifacts['savedmodel'])(images)
   for i in range(2):
     ref = [{'bbox': box, 'score': score, 'label': label} for box, score, label in zip(
         want['boxes'][i], want['scores'][i], want['classes'][i], strict=True)]
@@ -201,15 +206,15 @@ def test_fixed_batch_savedmodel_matches_symbolic(artifacts, workdir, shapes_dir,
     (np.zeros((1, 64, CANVAS, 3), np.uint8), r'got shape \[1, 64, 96, 3\]'),
 ])
 def test_loaded_model_rejects_bad_input(fmt, images, match, artifacts):
-  served = export.load(artifacts[fmt])
-  with pytest.raises(export.ExportError, match=match) as e:
+  served = serving.load(artifacts[fmt])
+  with pytest.raises(serving.ServingError, match=match) as e:
     served(images)
   assert artifacts[fmt] in str(e.value)
 
 
 def test_raw_stablehlo_call_names_the_mismatch(artifacts):
   """Without our wrapper, jax.export's own checks still say what is wrong."""
-  with open(os.path.join(artifacts['stablehlo'], export.STABLEHLO_FILE), 'rb') as f:
+  with open(os.path.join(artifacts['stablehlo'], serving.STABLEHLO_FILE), 'rb') as f:
     exp = jax.export.deserialize(bytearray(f.read()))
   with pytest.raises(ValueError, match='Rank mismatch'):
     exp.call(np.zeros((CANVAS, CANVAS, 3), np.uint8))
@@ -248,51 +253,3 @@ def test_bad_export_request(kwargs, expect, workdir, shapes_dir, tmp_path):
     export.run(_config(shapes_dir), workdir, output=str(tmp_path), **kwargs)
   assert expect in str(e.value)
   assert not os.listdir(tmp_path)  # nothing half-written
-
-
-@pytest.mark.parametrize('orig_hw,input_hw,mode', [
-    ((50, 40), (64, 64), 'keep_res'),
-    ((64, 64), (64, 64), 'keep_res'),
-    ((30, 90), (64, 64), 'fixed_res'),
-    ((90, 30), (64, 96), 'fixed_res'),
-])
-def test_letterbox_and_boxes_to_original(orig_hw, input_hw, mode):
-  """Oracle: keep_res is the centred pad of eval_transform; fixed_res a centred aspect resize."""
-  rng = np.random.default_rng(1)
-  h, w = orig_hw
-  in_h, in_w = input_hw
-  image = rng.integers(1, 256, (h, w, 3), dtype=np.uint8)
-  canvas, inverse = export.letterbox(image, input_hw, mode)
-  assert canvas.shape == (in_h, in_w, 3) and canvas.dtype == np.uint8
-  if mode == 'keep_res':
-    top, left = in_h // 2 - h // 2, in_w // 2 - w // 2
-    zoom, offset = 1.0, np.array([left, top], np.float64)
-    np.testing.assert_array_equal(canvas[top:top + h, left:left + w], image)
-    assert canvas.sum() == image.astype(np.int64).sum()  # zero border
-  else:
-    zoom = min(in_w / w, in_h / h)
-    offset = np.array([in_w / 2 - zoom * w / 2, in_h / 2 - zoom * h / 2])
-    if in_h == in_w:  # the pipeline's official fixed_res warp (tf, bilinear) is the oracle
-      from centernet_jax.data import transforms
-      ref = transforms.eval_transform(image, mode='fixed_res', size=in_h, channel_order='RGB')
-      ref = np.round(np.asarray(ref['image']) * 255)
-      rows = np.flatnonzero(ref.any(axis=(1, 2)))
-      cols = np.flatnonzero(ref.any(axis=(0, 2)))
-      np.testing.assert_array_equal(np.flatnonzero(canvas.any(axis=(1, 2))), rows)
-      np.testing.assert_array_equal(np.flatnonzero(canvas.any(axis=(0, 2))), cols)
-      # Inside the image the samples agree to rounding; on its outermost pixel rows/columns tf
-      # blends with the zero fill and PIL does not.
-      inner = (slice(rows[0] + 1, rows[-1]), slice(cols[0] + 1, cols[-1]))
-      np.testing.assert_allclose(canvas[inner], ref[inner], atol=1)
-  orig = np.array([[2.0, 3.0, w - 5.0, h - 1.0]])
-  in_canvas = np.concatenate([orig[:, :2] * zoom + offset, orig[:, 2:] * zoom + offset], axis=1)
-  back = export.boxes_to_original(in_canvas, inverse, orig_hw)
-  np.testing.assert_allclose(back, orig, atol=1e-3)
-  # Boxes outside the image clip to it.
-  far = export.boxes_to_original(np.array([[-1e4, -1e4, 1e4, 1e4]]), inverse, orig_hw)
-  np.testing.assert_allclose(far, [[0, 0, w, h]])
-
-
-def test_letterbox_keep_res_refuses_a_larger_image():
-  with pytest.raises(export.ExportError, match=r"100x40 image does not fit the 96x96 canvas"):
-    export.letterbox(np.zeros((100, 40, 3), np.uint8), (96, 96), 'keep_res')

@@ -1,5 +1,7 @@
 """Fault tolerance (issue 8): signals, partial checkpoints, exact resume, NaN policy, data faults,
-checkpoint write errors and evaluation failures. The long soak test is experiments/soak.py."""
+checkpoint write errors and evaluation failures (``centernet_jax/fault.py``, the loop in
+``train.py``). The long soak test is experiments/soak.py; the agreement between processes is
+tested in multihost_test.py."""
 
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from centernet_jax import checkpoint, evaluate, train
+from centernet_jax import checkpoint, evaluate, fault, sharding, train
 from centernet_jax.data import pipeline, shapes
-from centernet_jax.data.coco import DataError
+from centernet_jax.data.errors import DataError
 from centernet_jax.metric_writer import read_metrics
+from centernet_jax.state import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -119,7 +122,7 @@ def test_sigterm_partial_checkpoints_exact_resume(smoke_config, tmp_path, monkey
   shutil.copytree(os.path.join(ckpt_dir, str(k)), os.path.join(ckpt_dir, '9'))
   shutil.rmtree(os.path.join(ckpt_dir, '9', 'opt'))
 
-  monkeypatch.setattr(evaluate, 'evaluate_variables', _boom)
+  monkeypatch.setattr(evaluate.Evaluator, '__call__', _boom)
   seen = {}
   monkeypatch.setattr(pipeline, 'create_train_iterator', _poisoned_iterator({8}, seen))
   with caplog.at_level(logging.INFO):
@@ -136,7 +139,7 @@ def test_sigterm_partial_checkpoints_exact_resume(smoke_config, tmp_path, monkey
   with caplog.at_level(logging.WARNING):
     train.train_and_evaluate(cfg.copy_and_resolve_references(), ref)
   # 16 images, batch 8: each 2-step epoch reads the corrupt file once.
-  assert f'Skipping unreadable training image {bad_file}: ' in caplog.text
+  assert f'Skipping unreadable training image {bad_file} (image id ' in caplog.text
   last = [r for r in read_metrics(ref) if 'train/skipped_images' in r][-1]
   assert (last['step'], last['train/skipped_images']) == (10, 5)
 
@@ -205,8 +208,8 @@ def test_partial_checkpoint_detection(tmp_path, caplog, name, kwargs, reason):
 
 
 def test_checkpoint_write_errors_keep_the_last_good_one(tmp_path, monkeypatch):
-  state = train.steps.TrainState(step=jnp.array(2), params={'w': jnp.arange(3.0)},
-                                 batch_stats={}, opt_state={'mu': jnp.zeros(3)})
+  state = TrainState(step=jnp.array(2), params={'w': jnp.arange(3.0)}, batch_stats={},
+                     opt_state={'mu': jnp.zeros(3)})
   ckpt_dir = str(tmp_path / 'w' / 'checkpoints')
   ckpt = checkpoint.Checkpointer(ckpt_dir)
   ckpt.save(state, {'model': {}})
@@ -255,10 +258,10 @@ def test_guard_nonfinite_keeps_the_old_state(poison):
 
   rng = np.random.default_rng(0)
   w = rng.normal(size=4).astype(np.float32)
-  state = train.steps.TrainState(step=jnp.array(3), params={'w': jnp.asarray(w)}, batch_stats={},
-                                 opt_state={'count': jnp.array(7)})
+  state = TrainState(step=jnp.array(3), params={'w': jnp.asarray(w)}, batch_stats={},
+                     opt_state={'count': jnp.array(7)})
   x = rng.normal(size=4).astype(np.float32)
-  new, metrics = jax.jit(train.guard_nonfinite(step))(state, {'x': jnp.asarray(x)})
+  new, metrics = jax.jit(fault.guard_nonfinite(step))(state, {'x': jnp.asarray(x)})
   assert int(new.step) == 4  # the step advances either way (data stream, schedule)
   skipped = poison != 'none'
   assert float(metrics['skipped_update']) == float(skipped)
@@ -294,7 +297,7 @@ _NAN = float('nan')
      r'the batch at step 6: \[60, 61\]'),
 ])
 def test_nonfinite_monitor(policy, losses, max_consecutive, error):
-  monitor = train.NonFiniteMonitor(policy, max_consecutive, lambda: 'step 1 in /w')
+  monitor = fault.NonFiniteMonitor(policy, max_consecutive, lambda: 'step 1 in /w')
   entries = []
   for step, loss in enumerate(losses, 1):
     metrics = {'loss': np.float32(loss)}
@@ -307,9 +310,83 @@ def test_nonfinite_monitor(policy, losses, max_consecutive, error):
     assert monitor.skipped_updates == (sum(not np.isfinite(v) for v in losses)
                                        if policy == 'skip' else 0)
   else:
-    with pytest.raises(train.NonFiniteLossError, match=error):
+    with pytest.raises(fault.NonFiniteLossError, match=error):
       monitor.check(entries[:3])
       monitor.check(entries[3:])
+
+
+def test_nonfinite_policy_is_checked():
+  with pytest.raises(ValueError, match="nonfinite_policy must be 'stop' or 'skip'"):
+    fault.NonFiniteMonitor('ignore', 1)
+
+
+# --- Stop agreement, one process (two processes: multihost_test.py) ----------------------------
+
+
+def _mesh1():
+  return sharding.make_mesh(jax.devices()[:1])
+
+
+def _numbered(n, fail_at=None):
+  for k in range(n):
+    if k == fail_at:
+      raise DataError(f'bad batch {k}')
+    yield {'x': np.full((2, 3), k, np.float32), 'image_id': np.array([k, k])}
+
+
+def test_prefetcher_order_errors_and_close():
+  with sharding.Prefetcher(_numbered(5), _mesh1(), ('image_id',), size=2) as batches:
+    got = [(float(b['x'][0, 0]), h['image_id'].tolist()) for b, h in batches]
+  assert got == [(k, [k, k]) for k in range(5)]
+  assert set(next(iter(sharding.Prefetcher(_numbered(1), _mesh1())))[0]) == {'x', 'image_id'}
+
+  # An error comes after every batch read before it, at the call that would have returned it.
+  batches = sharding.Prefetcher(_numbered(5, fail_at=3), _mesh1(), size=2)
+  assert [float(next(batches)[0]['x'][0, 0]) for _ in range(3)] == [0, 1, 2]
+  for _ in range(2):  # and again on later calls
+    with pytest.raises(DataError, match='bad batch 3'):
+      next(batches)
+  batches.close()
+
+  # close() stops a thread that waits for room in the queue, and closes the input.
+  closed = []
+
+  def endless():
+    try:
+      k = 0
+      while True:
+        yield {'x': np.full((2, 3), k, np.float32)}
+        k += 1
+    finally:
+      closed.append(True)
+
+  batches = sharding.Prefetcher(endless(), _mesh1(), size=2)
+  assert float(next(batches)[0]['x'][0, 0]) == 0
+  batches.close()
+  assert not batches._thread.is_alive() and closed == [True]
+
+
+def test_stop_agreement_one_process_decides_locally():
+  mesh = _mesh1()
+  signals = fault.StopSignals()
+  agreement = fault.StopAgreement(signals, mesh, sharding.Prefetcher(_numbered(3, 2), mesh))
+  assert agreement.start(0) is None and not agreement.multi
+  assert agreement.next_batch()[0]['x'].shape == (2, 3)
+  flags = agreement.flags()
+  assert flags.shape == (1, 3) and agreement.flags() is flags  # cached: no transfer per step
+  step = jax.jit(fault.with_stop_flags(lambda s, b: (s + 1, {'loss': jnp.sum(b['x'])})))
+  s, metrics, agreed = step(jnp.array(0), {'x': jnp.ones(3)}, flags)
+  assert int(s) == 1 and agreed.tolist() == [0, 0, 0]
+  assert agreement.decide(1, agreed, now=False) is None
+  signals.signum = signal.SIGTERM  # what the handler does
+  assert agreement.decide(2, agreed, now=False) == fault.Stop(2, signal.SIGTERM, None)
+  assert agreement.start(7) == fault.Stop(7, signal.SIGTERM, None)
+  assert agreement.flags().tolist() == [[1, 0, 0]]  # SIGTERM, SIGINT, input failed
+  agreement.next_batch()
+  with pytest.raises(DataError, match='bad batch 2'):  # one process: raised at once
+    agreement.next_batch()
+  assert fault.agree_any(True) and not fault.agree_any(False)
+  assert fault.agree_message('x') == 'x' and fault.agree_message(None) is None
 
 
 # --- Data faults -----------------------------------------------------------------------------
@@ -327,7 +404,7 @@ def test_unreadable_images_are_skipped_counted_and_stop(smoke_config, tmp_path, 
     batches = [next(it) for _ in range(4)]  # two epochs of 16 images
   skipped = np.concatenate([b['skipped'] for b in batches])
   assert skipped.sum() == 2  # once per epoch
-  assert caplog.text.count(f'Skipping unreadable training image {bad_file}: ') == 2
+  assert caplog.text.count(f'Skipping unreadable training image {bad_file} (image id ') == 2
   for b in batches:
     for r in np.flatnonzero(b['skipped']):
       twins = [o for o in range(8) if o != r and np.array_equal(b['image'][o], b['image'][r])]
@@ -341,7 +418,7 @@ def test_unreadable_images_are_skipped_counted_and_stop(smoke_config, tmp_path, 
   cfg.max_skip_fraction = 0.05
   it = pipeline.create_train_iterator(cfg, info=info, global_batch_size=8, seed=0)
   with pytest.raises(DataError, match=r'(?s)cannot read image file.*' + re.escape(bad_file) +
-                     r': .*config\.data\.max_skip_fraction=0\.05'):
+                     r' \(image id \d+\): .*config\.data\.max_skip_fraction=0\.05'):
     for _ in range(2):
       next(it)
 

@@ -1,10 +1,10 @@
-"""Tests of the stacked hourglass, CenterNet-Hourglass and CornerNet models.
+"""Tests of the stacked hourglass, CenterNet-Hourglass and CornerNet models (hourglass.py,
+centernet_hourglass.py, cornernet.py).
 
 Full-size models (Hourglass-104) are checked through ``jax.eval_shape`` only: parameter names,
-shapes and counts against the official state_dicts, and output shapes at 511 px. The tiny
-variants run against a PyTorch re-statement of the official modules (CenterNet
-``large_hourglass.py``, CornerNet ``models/CornerNet.py`` / ``kp.py``) with the same weights,
-loaded through the official-key -> variable-path rule that the weight converter uses.
+shapes and counts against the official state_dicts (through the name rules next to the models,
+the converter's), and output shapes at 511 px. Output parity of the tiny variants with a PyTorch
+re-statement of the official modules is tests/convert_test.py's.
 """
 
 from __future__ import annotations
@@ -18,17 +18,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from centernet_jax import convert
 from centernet_jax.config_lib import base_config
-from centernet_jax.models import build_model, hourglass
+from centernet_jax.models import build_model, centernet_hourglass, cornernet, hourglass, torch_names
 
 DATA = pathlib.Path(__file__).parent / 'data'
 
 
 def _model_cfg(arch, num_classes=80, **overrides):
+  """config.model of ``arch``: the official depth and head width for the full-size models."""
   cfg = base_config().model
   cfg.arch = arch
   cfg.num_classes = num_classes
+  cfg.heads = (cornernet.corner_heads(num_classes) if arch.startswith('cornernet') else
+               (('hm', num_classes), ('wh', 2), ('reg', 2)))
+  if not arch.endswith('_tiny'):
+    cfg.depth, cfg.head_conv = 104, 256
   for k, v in overrides.items():
     cfg[k] = v
   return cfg
@@ -49,9 +53,13 @@ def _flat(tree) -> dict[tuple[str, ...], jax.Array]:
           for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _official_to_ours(key: str, shape):
-  """The converter's naming rule (no ConvTranspose layers in the hourglass models)."""
-  return convert.official_to_ours(key, shape, lambda path: False)
+_TORCH_NAMES = {'hourglass': centernet_hourglass.TORCH_NAMES, 'cornernet': cornernet.TORCH_NAMES}
+
+
+def _official_to_ours(arch: str, key: str, shape):
+  """(our variable path, our shape), by the name rules the converter uses, or None."""
+  mapped = torch_names.to_variable(key, shape, _TORCH_NAMES[arch])
+  return mapped and mapped[:2]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,7 +76,7 @@ def test_full_model_matches_official_state_dict(arch, official, num_params):
   outputs, variables = _abstract_outputs_and_variables(model, (511, 511))
   assert sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(variables['params'])) == (
       num_params)
-  expected = dict(filter(None, (_official_to_ours(e['key'], e['shape'])
+  expected = dict(filter(None, (_official_to_ours(arch, e['key'], e['shape'])
                                 for e in official['state_dict'])))
   assert {k: x.shape for k, x in _flat(variables).items()} == expected
   assert len(outputs) == 2
@@ -93,11 +101,13 @@ def test_bad_input_size_is_rejected_with_a_clear_message(arch, hw, match):
 
 @pytest.mark.parametrize('arch', ['hourglass_tiny', 'cornernet_tiny'])
 def test_tiny_output_shapes_and_stacks(arch):
-  """build_model takes the ctdet config keys (head_conv, depth, ... are ignored)."""
-  model = build_model(_model_cfg(arch, 5, dtype='bfloat16', head_conv=7, depth=0))
+  """The heads follow config.model.heads and their hidden width config.model.head_conv."""
+  model = build_model(_model_cfg(arch, 5, dtype='bfloat16', head_conv=7))
   assert model.dtype == jnp.bfloat16
   outputs, variables = _abstract_outputs_and_variables(model, (64, 64), batch=2)
   assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+  first_head = 'hm' if arch == 'hourglass_tiny' else 'tl_heats'
+  assert variables['params'][first_head]['1']['0']['conv']['kernel'].shape == (3, 3, 16, 7)
   channels = ({'hm': 5, 'wh': 2, 'reg': 2} if arch == 'hourglass_tiny' else
               {'tl_heat': 5, 'br_heat': 5, 'tl_tag': 1, 'br_tag': 1, 'tl_regr': 2, 'br_regr': 2})
   assert dict(model.heads) == channels
@@ -105,6 +115,21 @@ def test_tiny_output_shapes_and_stacks(arch):
   for out in outputs:
     assert {k: (v.shape, v.dtype) for k, v in out.items()} == {
         k: ((2, 16, 16, c), jnp.float32) for k, c in channels.items()}
+
+
+@pytest.mark.parametrize('arch,overrides,message', [
+    ('hourglass', dict(depth=52), 'unknown Hourglass depth 52'),
+    ('cornernet', dict(neck_skips=True), "neck_skips=True: arch 'cornernet' does not take"),
+    ('hourglass', dict(upsample='conv_transpose'), "arch 'hourglass' does not take upsample"),
+    ('hourglass_tiny', dict(depth=104), "arch 'hourglass_tiny' does not take depth"),
+    ('cornernet_tiny', dict(head_init='fill_fc'), "'cornernet_tiny' does not take head_init"),
+    ('hourglass_tiny', dict(head_conv=0), 'hourglass heads need a hidden 3x3 conv'),
+    ('cornernet_tiny', dict(heads=(('hm', 3), ('wh', 2), ('reg', 2))),
+     r"CornerNet needs the heads \(.*config.task='cornernet'"),
+])
+def test_options_the_hourglass_models_cannot_honour_are_errors(arch, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    build_model(_model_cfg(arch, 3, **overrides))
 
 
 def test_backbone_alone_returns_each_stacks_features():

@@ -1,6 +1,7 @@
-"""Tests for centernet_jax.losses against float64 numpy loop oracles."""
+"""Tests for centernet_jax.losses against float64 numpy loop oracles of the official CenterNet
+`models/losses.py` (`_neg_loss`, `RegL1Loss`) and CornerNet `kp_utils.py` (`_ae_loss`,
+`_regr_loss`)."""
 
-import functools
 import math
 
 import jax
@@ -139,57 +140,133 @@ def test_reg_l1_loss_matches_oracle(seed, b, h, w, d, m, mask_p):
   assert np.isfinite(np.asarray(grad)).all()
 
 
-def _random_batch(rng, b, h, w, c, m, num_stacks, with_reg=True):
-  outputs = []
-  for _ in range(num_stacks):
-    out = {'hm': rng.normal(0, 2, (b, h, w, c)).astype(np.float32),
-           'wh': rng.uniform(0, 10, (b, h, w, 2)).astype(np.float32)}
-    if with_reg:
-      out['reg'] = rng.uniform(0, 1, (b, h, w, 2)).astype(np.float32)
-    outputs.append(out)
-  tgt = {'hm': _random_heatmap(rng, (b, h, w, c), 3),
-         'ind': rng.integers(0, h * w, (b, m)).astype(np.int32),
-         'wh': rng.uniform(0, 10, (b, m, 2)).astype(np.float32),
-         'reg': rng.uniform(0, 1, (b, m, 2)).astype(np.float32),
-         'reg_mask': (rng.uniform(size=(b, m)) < 0.7).astype(np.float32)}
-  return outputs, tgt
+def _ae_oracle(tl, br, mask):
+  """Official _ae_loss per image (eps 1e-4, diagonal pairs included), summed over images."""
+  pull = push = 0.0
+  for i in range(tl.shape[0]):
+    idx = [k for k in range(tl.shape[1]) if mask[i, k]]
+    n = len(idx)
+    mean = {k: (float(tl[i, k]) + float(br[i, k])) / 2 for k in idx}
+    for k in idx:
+      pull += ((float(tl[i, k]) - mean[k])**2 + (float(br[i, k]) - mean[k])**2) / (n + 1e-4)
+    # Push entries in float32 with torch's order of operations: for N = 1 the official
+    # value (1 - 1 / 1.0001) / 1e-4 amplifies float32 rounding ~1e4 times (1.00017, not 0.9999).
+    f32 = np.float32
+    n32 = f32(n)
+    for j in idx:
+      for k in idx:
+        gap = f32(abs(f32(mean[j]) - f32(mean[k])))
+        d = f32(max(f32(0), f32(1) - gap)) - f32(1) / (n32 + f32(1e-4))
+        push += float(f32(d / ((n32 - f32(1)) * n32 + f32(1e-4))))
+  return pull, push
 
 
-@pytest.mark.parametrize('seed, num_stacks, with_reg, weights', [
-    (0, 1, True, (1.0, 0.1, 1.0)),
-    (1, 2, True, (1.0, 0.1, 1.0)),
-    (2, 2, True, (0.5, 0.2, 2.0)),
-    (3, 1, False, (1.0, 0.1, 1.0)),  # no reg head: off_loss 0
+def _published_push(tl, br, mask):
+  """The paper's push: sum over j != k of max(0, 1 - |e_j - e_k|) / (N (N - 1))."""
+  push = 0.0
+  for i in range(tl.shape[0]):
+    e = [(float(tl[i, k]) + float(br[i, k])) / 2 for k in range(tl.shape[1]) if mask[i, k]]
+    n = len(e)
+    if n > 1:
+      push += sum(max(0.0, 1 - abs(a - b)) for j, a in enumerate(e) for k, b in enumerate(e)
+                  if j != k) / (n * (n - 1))
+  return push
+
+
+def _regr_oracle(pred, target, mask):
+  total = 0.0
+  for i, k in np.ndindex(mask.shape):
+    if mask[i, k]:
+      for c in range(2):
+        x = float(pred[i, k, c]) - float(target[i, k, c])
+        total += 0.5 * x * x if abs(x) < 1 else abs(x) - 0.5
+  return total / (mask.sum() + 1e-4)
+
+
+def _tags(rng, b, m, counts):
+  tl = rng.normal(0, 1, (b, m)).astype(np.float32)
+  br = (tl + rng.normal(0, 0.3, (b, m))).astype(np.float32)
+  mask = np.zeros((b, m), np.float32)
+  for i, n in enumerate(counts):
+    mask[i, rng.choice(m, n, replace=False)] = 1
+  tl[mask == 0] = np.nan  # padded rows must not leak into the loss or its gradient
+  return tl, br, mask
+
+
+@jax.jit
+def _ae_with_grads(tl, br, mask):
+  """ae_loss and the gradients of pull + push and of pull alone (one compile per shape)."""
+  pull, push = losses.ae_loss(tl, br, mask)
+  both = jax.grad(lambda a, b: sum(losses.ae_loss(a, b, mask)), argnums=(0, 1))(tl, br)
+  pull_only = jax.grad(lambda a, b: losses.ae_loss(a, b, mask)[0], argnums=(0, 1))(tl, br)
+  return pull, push, both + pull_only
+
+
+@pytest.mark.parametrize('seed, counts', [
+    (0, [0]),  # batch of one empty image
+    (1, [1]),  # batch of one image with one object
+    (2, [5]),  # batch of one image (the official squeeze() breaks here)
+    (3, [0, 1, 2, 6]),
+    (4, [3, 3, 6, 1]),
 ])
-def test_ctdet_loss_matches_oracle(seed, num_stacks, with_reg, weights):
+def test_ae_loss_matches_oracle_with_finite_gradients(seed, counts):
   rng = np.random.default_rng(seed)
-  outputs, tgt = _random_batch(rng, 2, 8, 8, 3, 6, num_stacks, with_reg)
-  hm_w, wh_w, off_w = weights
-  fn = jax.jit(functools.partial(losses.ctdet_loss, hm_weight=hm_w, wh_weight=wh_w,
-                                 off_weight=off_w))
-  total, parts = fn(outputs, tgt)
-  hm = sum(_focal_oracle(o['hm'], tgt['hm']) for o in outputs) / num_stacks
-  wh = sum(_reg_l1_oracle(o['wh'], tgt['ind'], tgt['reg_mask'], tgt['wh'])
-           for o in outputs) / num_stacks
-  off = sum(_reg_l1_oracle(o['reg'], tgt['ind'], tgt['reg_mask'], tgt['reg'])
-            for o in outputs) / num_stacks if with_reg else 0.0
-  assert set(parts) == {'hm_loss', 'wh_loss', 'off_loss', 'loss'}
-  np.testing.assert_allclose(float(parts['hm_loss']), hm, rtol=2e-5)
-  np.testing.assert_allclose(float(parts['wh_loss']), wh, rtol=2e-5)
-  np.testing.assert_allclose(float(parts['off_loss']), off, rtol=2e-5, atol=1e-7)
-  want = hm_w * hm + wh_w * wh + off_w * off
-  np.testing.assert_allclose(float(total), want, rtol=2e-5)
-  assert float(parts['loss']) == float(total)
-
-
-def test_ctdet_loss_empty_batch_finite_grads():
-  rng = np.random.default_rng(11)
-  outputs, tgt = _random_batch(rng, 2, 8, 8, 2, 4, 1)
-  tgt['hm'] = np.zeros_like(tgt['hm'])
-  tgt['reg_mask'] = np.zeros_like(tgt['reg_mask'])
-  loss_fn = lambda outs: losses.ctdet_loss(outs, tgt)[0]
-  total, grads = jax.value_and_grad(loss_fn)(outputs)
-  assert np.isfinite(float(total))
-  for g in jax.tree_util.tree_leaves(grads):
+  tl, br, mask = _tags(rng, len(counts), 6, counts)
+  pull, push, grads = _ae_with_grads(tl, br, mask)
+  want_pull, want_push = _ae_oracle(tl, br, mask)
+  np.testing.assert_allclose(float(pull), want_pull, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(float(push), want_push, rtol=1e-5, atol=1e-6)
+  # The official eps only adds a constant: ~1e-4 / (N (N - 1)) for N >= 2, ~1 for N = 1.
+  ones = sum(1 for n in counts if n == 1)
+  np.testing.assert_allclose(float(push), _published_push(tl, br, mask) + ones, atol=1e-3)
+  for g in grads:
     assert np.isfinite(np.asarray(g)).all()
-  np.testing.assert_allclose(float(total), _focal_oracle(outputs[0]['hm'], tgt['hm']), rtol=2e-5)
+    np.testing.assert_array_equal(np.asarray(g)[mask == 0], 0.0)
+
+
+def test_ae_loss_gradient_matches_finite_differences():
+  rng = np.random.default_rng(5)
+  tl, br, mask = _tags(rng, 4, 6, [4, 2, 0, 3])
+  tl = np.where(mask > 0, tl, 0.0).astype(np.float32)
+  g_tl = np.asarray(_ae_with_grads(tl, br, mask)[2][0])
+  for i, k in zip(*np.nonzero(mask), strict=True):
+    hi, lo = tl.astype(np.float64).copy(), tl.astype(np.float64).copy()
+    hi[i, k] += 1e-3
+    lo[i, k] -= 1e-3
+    fd = (sum(_ae_oracle(hi, br, mask)) - sum(_ae_oracle(lo, br, mask))) / 2e-3
+    np.testing.assert_allclose(g_tl[i, k], fd, rtol=1e-2, atol=1e-3)
+
+
+def test_ae_loss_hand_values():
+  tl = np.array([[-0.5, 0.0]], np.float32)
+  br = np.array([[0.5, 0.5]], np.float32)
+  pull, push = jax.jit(losses.ae_loss)(tl, br, np.ones((1, 2)))
+  # means 0 and 0.25; pull = (0.25 + 0.25 + 0.0625 + 0.0625) / 2.0001
+  assert float(pull) == pytest.approx(0.625 / 2.0001, rel=1e-6)
+  # push = (2 * 0.75 + 2 * (1 - 2 / 2.0001)) / 2.0001
+  assert float(push) == pytest.approx((1.5 + 2 * (1 - 2 / 2.0001)) / 2.0001, rel=1e-5)
+
+
+_regr_value_and_grad = jax.jit(jax.value_and_grad(losses.masked_smooth_l1_loss))
+
+
+@pytest.mark.parametrize('seed, mask_p', [(0, 1.0), (1, 0.5), (2, 0.0)])
+def test_masked_smooth_l1_loss_matches_oracle(seed, mask_p):
+  rng = np.random.default_rng(seed)
+  pred = rng.normal(0, 1.5, (2, 7, 2)).astype(np.float32)  # both smooth-L1 branches
+  target = rng.uniform(0, 1, (2, 7, 2)).astype(np.float32)
+  mask = (rng.uniform(size=(2, 7)) < mask_p).astype(np.float32)
+  pred[mask == 0] = np.nan
+  got, grad = _regr_value_and_grad(pred, target, mask)
+  np.testing.assert_allclose(float(got), _regr_oracle(pred, target, mask), rtol=1e-5, atol=1e-7)
+  assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_single_object_push_is_a_constant_without_gradient():
+  tl = jnp.array([[0.3, 9.0]])
+  br = jnp.array([[-0.2, 9.0]])
+  mask = jnp.array([[1.0, 0.0]])
+  push, grad = jax.jit(jax.value_and_grad(lambda a: losses.ae_loss(a, br, mask)[1]))(tl)
+  # The official float64 value would be 0.9999; float32 (as torch) gives 1.00017.
+  assert float(push) == pytest.approx((1 - 1 / 1.0001) / 1e-4, rel=5e-4)
+  np.testing.assert_array_equal(np.asarray(grad), 0.0)

@@ -1,5 +1,6 @@
-"""Tests of centernet_jax.models: shapes, parameter layout vs the official model, init, dtypes,
-and the two ConvTranspose formulations against a numpy oracle of PyTorch's definition."""
+"""Tests of centernet_jax.models: the registry (heads from config.model.heads, the options each
+arch takes, output_hw), shapes, parameter layout vs the official model, init, dtypes, and the two
+ConvTranspose formulations against a numpy oracle of PyTorch's definition."""
 
 from __future__ import annotations
 
@@ -12,24 +13,33 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from centernet_jax import models
 from centernet_jax.config_lib import base_config
-from centernet_jax.convert import official_to_ours
-from centernet_jax.models import build_model, heads, layers, resnet
+from centernet_jax.models import (
+    build_model,
+    centernet,
+    heads,
+    layers,
+    output_hw,
+    resnet,
+    torch_names,
+)
 
 # Official res_18 parameter names and shapes (copy of shared/reference/official_state_dicts).
 OFFICIAL = pathlib.Path(__file__).parent / 'data' / 'official_res_18.json'
 
 
-def _model_cfg(**overrides):
+def _model_cfg(num_classes=80, **overrides):
   cfg = base_config().model
-  cfg.num_classes = 80
+  cfg.num_classes = num_classes
+  cfg.heads = (('hm', num_classes), ('wh', 2), ('reg', 2))
   for k, v in overrides.items():
     cfg[k] = v
   return cfg
 
 
 def _tiny_cfg(**overrides):
-  return _model_cfg(**{'arch': 'resnet_tiny', 'num_classes': 3, 'head_conv': 64, **overrides})
+  return _model_cfg(3, **{'arch': 'resnet_tiny', 'head_conv': 64, **overrides})
 
 
 def _count(tree) -> int:
@@ -50,8 +60,9 @@ def _flat_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
 
 
 def _official_to_ours(key: str, shape: list[int]):
-  """Official res_18 key/shape -> ours; its ConvTranspose2d weights are deconv_layers.*."""
-  return official_to_ours(key, shape, lambda path: path[0] == 'deconv_layers')
+  """Official res_18 key/shape -> ours, by the rules next to the model (the converter's)."""
+  mapped = torch_names.to_variable(key, shape, centernet.TORCH_NAMES)
+  return mapped and mapped[:2]
 
 
 def test_res18_param_count_matches_official():
@@ -314,20 +325,84 @@ def test_model_head_init(tiny):
 # Config validation.
 
 
-@pytest.mark.parametrize('overrides', [
-    dict(arch='vgg'), dict(down_ratio=8), dict(num_classes=-1), dict(dtype='float64'),
-    dict(upsample='nearest'), dict(depth=20)])
-def test_build_model_rejects_bad_configs(overrides):
-  with pytest.raises(ValueError):
-    build_model(_model_cfg(**overrides))
+@pytest.mark.parametrize('overrides,message', [
+    (dict(arch='vgg'), "unknown config.model.arch 'vgg'"),
+    (dict(down_ratio=8), 'config.model.down_ratio must be 4'),
+    (dict(heads=()), 'config.model.heads is empty.*num_classes'),
+    (dict(heads=(('hm', -1), ('wh', 2))), "config.model.heads: head 'hm' has -1 channels"),
+    (dict(heads=(('hm', 3), ('hm', 2))), 'names a head twice'),
+    (dict(heads=(('hm',),)), 'pairs'),
+    (dict(dtype='float64'), "unknown dtype 'float64'"),
+    (dict(upsample='nearest'), "unknown config.model.upsample 'nearest'"),
+    (dict(deconv_init='xavier'), "unknown config.model.deconv_init 'xavier'"),
+    (dict(head_init='xavier'), "unknown config.model.head_init 'xavier'"),
+    (dict(depth=20), 'unknown ResNet depth 20'),
+    (dict(arch='resnet_tiny', depth=34), "config.model.depth=34: arch 'resnet_tiny' does not take"),
+    (dict(pool='max'), r"unknown config.model keys \['pool'\]"),
+])
+def test_build_model_rejects_bad_configs(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    build_model({**_model_cfg().to_dict(), **overrides})  # a dict: the ConfigDict is locked
+
+
+def test_heads_come_from_the_config():
+  """Any heads the config names (a task's, a pose model's); JSON lists (checkpoint meta) too."""
+  model = build_model(_model_cfg(arch='resnet_tiny', heads=[['hm', 2], ['hps', 34]]))
+  out = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))[0]
+  assert {k: v.shape for k, v in out[0].items()} == {'hm': (1, 16, 16, 2), 'hps': (1, 16, 16, 34)}
+
+
+def test_options_are_the_builders_keywords_and_config_keys():
+  defaults = base_config().model
+  for arch in models.MODELS:
+    taken = models.options(arch)
+    assert set(taken) <= set(defaults) - set(models.GENERAL_KEYS), arch
+  assert models.options('resnet') == ('depth', 'head_conv', 'upsample', 'deconv_init',
+                                      'head_init', 'neck_skips')
+  assert models.options('dla') == ('depth', 'head_conv', 'deconv_init', 'head_init')
+  assert models.options('hourglass') == ('depth', 'head_conv')
+  assert models.options('cornernet_tiny') == ('head_conv',)
+
+
+def _output_cases():
+  cases = []
+  for arch in models.MODELS:
+    hourglass = arch.startswith(('hourglass', 'cornernet'))
+    size = (128, 256) if hourglass and not arch.endswith('_tiny') else (64, 96)
+    cases.append((arch, size))
+  return cases + [('resnet_tiny', (70, 100)), ('hourglass_tiny', (61, 125))]
+
+
+@pytest.mark.parametrize('arch,hw', _output_cases())
+def test_output_hw_is_the_first_heads_size_for_every_arch(arch, hw):
+  cfg = _model_cfg(3, arch=arch)
+  if arch.startswith('cornernet'):
+    cfg.heads = models.cornernet.corner_heads(3)
+  if not arch.endswith('_tiny'):
+    cfg.depth = {'dla': 34, 'hourglass': 104, 'cornernet': 104}.get(arch, 18)
+  model = build_model(cfg)
+  out = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.key(0), jnp.zeros((1, *hw, 3)), train=False))[0]
+  assert {v.shape[1:3] for stack in out for v in stack.values()} == {output_hw(model, *hw)}
+  if hw == (61, 125):  # hourglass rounds up: ceil(H / 4)
+    assert output_hw(model, *hw) == (16, 32)
+
+
+def test_output_hw_is_cached():
+  model = build_model(_model_cfg(3, arch='resnet_tiny'))
+  output_hw.cache_clear()
+  assert output_hw(model, 64, 96) == (16, 24)
+  assert output_hw(build_model(_model_cfg(3, arch='resnet_tiny')), 64, 96) == (16, 24)
+  info = output_hw.cache_info()
+  assert (info.hits, info.misses) == (1, 1)  # an equal module is the same key
 
 
 def test_neck_skips_adds_lateral_connections():
   """``neck_skips`` (not official) adds 1x1 conv-BN laterals; the outputs keep their shapes."""
-  from centernet_jax.models import build_model as build
-  cfg = {'arch': 'resnet_tiny', 'depth': 0, 'head_conv': 8, 'down_ratio': 4, 'num_classes': 3,
-         'dtype': 'float32', 'upsample': 'subpixel', 'neck_skips': True}
-  model = build(cfg)
+  cfg = {'arch': 'resnet_tiny', 'head_conv': 8, 'heads': (('hm', 3), ('wh', 2), ('reg', 2)),
+         'neck_skips': True}  # the other keys take the base config's defaults
+  model = build_model(cfg)
   x = jnp.zeros((1, 64, 64, 3))
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
   neck = variables['params']['deconv_layers']

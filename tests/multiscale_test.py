@@ -3,14 +3,16 @@
 The oracle for ``eval_transform(test_scale=s)`` is the official pipeline written out by hand:
 resize the image by s, centre-pad it to (h | pad) + 1, predict in output-map coordinates (input
 / down), then map back and divide by s. Our transform returns center/scale already divided by s,
-so ``boxes.transform_preds`` must land on the original pixels.
+so ``boxes.transform_preds`` (and ``inference.to_original``, what evaluation runs) must land on
+the original pixels.
 """
 
 import numpy as np
 import pytest
 
 from centernet_jax import boxes as boxes_lib
-from centernet_jax import config_lib, tasks
+from centernet_jax import config_lib, inference, tasks
+from tests.conftest import load_config
 
 
 @pytest.mark.parametrize('hw,s,pad', [
@@ -36,6 +38,9 @@ def test_eval_transform_scale_maps_back_to_original_pixels(hw, s, pad):
   back = boxes_lib.transform_preds(in_output, out['center'].numpy(), out['scale'].numpy(),
                                    (inp_w // down, inp_h // down))
   np.testing.assert_allclose(back, box, atol=1e-3)
+  batch = {k: out[k].numpy()[None] for k in ('center', 'scale', 'input_hw', 'orig_hw')}
+  mapped = inference.to_original({'boxes': in_output[None]}, batch, (down, down), ('boxes',))
+  np.testing.assert_allclose(mapped['boxes'][0], box, atol=1e-3)
 
 
 def test_scaled_image_content_is_the_resized_image():
@@ -71,11 +76,16 @@ def test_bad_eval_fields_are_named(field, value, message):
     if field == 'test_scales':
       tasks.multi_scale(c)
     else:
-      tasks.make_nms(c)
+      tasks.get(c.task).make_merge(c)
 
 
-@pytest.mark.parametrize('arch,task', [('resnet', 'ctdet'), ('dla', 'ctdet'),
-                                       ('hourglass', 'ctdet'), ('cornernet', 'cornernet'),
-                                       ('cornernet_tiny', 'cornernet')])
-def test_task_of(arch, task):
-  assert tasks.task_of({'arch': arch}) == task
+@pytest.mark.parametrize('name,task', [('ctdet_resnet18_coco', 'ctdet'),
+                                       ('ctdet_dla34_coco', 'ctdet'),
+                                       ('ctdet_hg104_coco', 'ctdet'),
+                                       ('cornernet_hg104_coco', 'cornernet'),
+                                       ('shapes_cornernet', 'cornernet')])
+def test_configs_name_their_task(name, task):
+  """The task is explicit in every config (it was derived from the arch's name)."""
+  config = load_config(name)
+  assert config.task == task
+  assert tasks.get(config.task).NAME == task

@@ -1,16 +1,19 @@
 """End to end on the smoke config: train, checkpoint, resume, evaluate; bad workdirs."""
 
 import json
+import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from centernet_jax import checkpoint, evaluate, predict, train
+from centernet_jax import checkpoint, evaluate, fault, inference, models, predict, tasks, train
 from centernet_jax.metric_writer import read_metrics
+from centernet_jax.state import TrainState
 
 
 def _losses(workdir):
@@ -98,7 +101,7 @@ def test_nonfinite_loss_stops_with_the_step(smoke_config, tmp_path):
   cfg = smoke_config.copy_and_resolve_references()
   cfg.optim.lr = 1e30  # the first Adam update makes every parameter ~1e30: step 2 overflows
   cfg.train.num_steps = 3
-  with pytest.raises(train.NonFiniteLossError, match='non-finite loss at step 2'):
+  with pytest.raises(fault.NonFiniteLossError, match='non-finite loss at step 2'):
     train.train_and_evaluate(cfg, str(tmp_path / 'nan'))
 
 
@@ -127,8 +130,9 @@ def test_resume_and_init_from_another_workdir(smoke_config, tmp_path):
   cfg_i.train.num_steps = 1
   cfg_i.optim.lr = 1e-30
   train.train_and_evaluate(cfg_i, init)
-  target = evaluate.abstract_variables(evaluate.build_model(
-      train.resolve_config(cfg, _info(cfg)).model))
+  resolved = tasks.resolve_config(cfg, _info(cfg).num_classes)
+  target = inference.abstract_variables(models.build_model(resolved.model),
+                                        inference.input_hw(resolved))
   _, a = checkpoint.Checkpointer(os.path.join(src, 'checkpoints')).restore_variables(4, target)
   _, b = checkpoint.Checkpointer(os.path.join(init, 'checkpoints')).restore_variables(1, target)
   for x, y in zip(jax.tree.leaves(a['params']), jax.tree.leaves(b['params']), strict=True):
@@ -138,3 +142,29 @@ def test_resume_and_init_from_another_workdir(smoke_config, tmp_path):
 def _info(cfg):
   from centernet_jax.data import pipeline
   return pipeline.get_dataset_info(cfg.data)
+
+
+def test_init_reinitialised_variables_are_a_warning(tmp_path, caplog):
+  # Bug 8: config.init re-initialises heads of another class count and variables the
+  # checkpoint lacks; that is said at WARNING, with the list.
+  params = {'backbone': {'w': jnp.arange(3.0)}, 'hm': {'bias': jnp.zeros(2)}}
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'src' / 'checkpoints'))
+  ckpt.save(TrainState(step=jnp.array(5), params=params, batch_stats={},
+                       opt_state={'mu': jnp.zeros(3)}), {'model': {'arch': 'x'}})
+  ckpt.wait()
+  ckpt.close()
+  target = {'params': {'backbone': {'w': jnp.zeros(3)}, 'hm': {'bias': jnp.full(4, 7.0)},
+                       'neck': {'a': jnp.ones(2), 'b': jnp.ones(3)}}, 'batch_stats': {}}
+  with caplog.at_level(logging.WARNING):
+    step, variables = checkpoint.init_variables_from(str(tmp_path / 'src'), target,
+                                                     {'model': {'arch': 'x'}})
+  assert step == 5
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and r.getMessage().startswith('config.init=')]
+  assert len(warnings) == 2, warnings
+  assert 're-initialised, their last axis differs' in warnings[0]
+  assert 'params/hm/bias (2,) -> (4,)' in warnings[0]
+  assert 'not in the checkpoint re-initialised (2 arrays): params/neck (2 arrays)' in warnings[1]
+  np.testing.assert_array_equal(variables['params']['backbone']['w'], [0, 1, 2])
+  np.testing.assert_array_equal(variables['params']['hm']['bias'], [7, 7, 7, 7])
+  np.testing.assert_array_equal(variables['params']['neck']['b'], [1, 1, 1])

@@ -1,9 +1,17 @@
-"""Input side: COCO-format folders, TFDS coco/2017 and the built-in shapes data set.
+"""Input side: sources (COCO-format folders, TFDS, the built-in shapes set) read by index,
+transformed and batched in tf.data.
 
-TensorFlow is imported only by the modules of this package that run ``tf.data``
-(``coco``, ``transforms``, ``pipeline``), each through :func:`import_tf`, which also hides
-every GPU from TensorFlow so that it never takes accelerator memory from JAX.
-``shapes`` needs only numpy and PIL.
+- ``config``: the ``config.data`` section (no TensorFlow).
+- ``sources``: one ``Source`` interface (COCO-json, TFDS random access) -> canonical features.
+- ``pipeline``: data set information and the training / evaluation iterators
+  (index -> read -> decode -> transform -> batch).
+- ``transforms``: the pre-processing as tf ops; ``coco``: COCO instances files;
+  ``shapes``: the shapes generator (numpy and PIL only); ``errors``: ``DataError``, skip budgets
+  and messages naming bad records.
+
+TensorFlow is imported only by the modules that run ``tf.data`` (``coco``, ``sources``,
+``transforms``, ``pipeline``; ``errors`` inside its functions), each through :func:`import_tf`,
+which also hides every GPU from TensorFlow so that it never takes accelerator memory from JAX.
 """
 
 _GPU_HIDDEN = False

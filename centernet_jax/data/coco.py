@@ -1,16 +1,16 @@
-"""COCO-format data: instances json + image folder -> checked records; TFDS coco/2017 conversion.
+"""COCO-format data: instances json + image folder -> checked records; COCO as TFDS stores it.
 
 Labels are contiguous (0..C-1) in the order of sorted category ids; ``category_ids[label]``
 gives the original id back (for COCO 2017: the official 80 -> 90-id ``_valid_ids``).
 
-Every problem in the input is reported with the file and the record it comes from. Malformed
-files, unknown categories, unknown images and missing image files are errors
-(:class:`DataError`, a ``ValueError``). Boxes with zero or negative width or height cannot be
-trained on or matched, so they are skipped, each with one warning naming the annotation id and
-the image file, and counted (``CocoData.num_degenerate``). With ``max_bad_fraction`` set (training
-data), an annotation that fails validation (unknown image or category, malformed bbox, missing
-field, repeated id) is skipped the same way and counted (``CocoData.num_invalid``) instead, and
-the load fails only if more than that fraction of the annotations is bad.
+Malformed files, unknown categories, unknown images and missing image files are errors
+(:class:`~centernet_jax.data.errors.DataError`, a ``ValueError``). Boxes with zero or negative
+width or height cannot be trained on or matched, so they are skipped, each with one warning
+naming the annotation id and the image file, and counted (``CocoData.num_degenerate``). With
+``max_bad_fraction`` set (training data), an annotation that fails validation (unknown image or
+category, malformed bbox, missing field, repeated id) is skipped the same way and counted
+(``CocoData.num_invalid``) instead, and the load fails only if more than that fraction of the
+annotations is bad (:class:`~centernet_jax.data.errors.InvalidAnnotations`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ import os
 import numpy as np
 
 from centernet_jax.data import import_tf
+from centernet_jax.data.errors import MAX_WARNINGS, DataError, InvalidAnnotations
+
+# DataError stays importable from here: callers catch data.coco.DataError.
 
 tf = import_tf()
 
@@ -45,11 +48,6 @@ COCO_2017_CATEGORIES = (
     (77, 'cell phone'), (78, 'microwave'), (79, 'oven'), (80, 'toaster'), (81, 'sink'),
     (82, 'refrigerator'), (84, 'book'), (85, 'clock'), (86, 'vase'), (87, 'scissors'),
     (88, 'teddy bear'), (89, 'hair drier'), (90, 'toothbrush'))
-MAX_WARNINGS = 20  # per file; the rest are summarised in one line with the count
-
-
-class DataError(ValueError):
-  """Bad input data; the message names the file and the record."""
 
 
 @dataclasses.dataclass
@@ -177,25 +175,14 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
 
   num_degenerate = 0
   seen_ann_ids = set()
-  invalid: list[str] = []
+  invalid = InvalidAnnotations(ann_file, max_bad_fraction)
   for k, ann in enumerate(data['annotations']):
     try:
       num_degenerate += _add_annotation(ann_file, k, ann, by_id, label_of, category_ids,
                                         seen_ann_ids, num_degenerate)
     except DataError as e:
-      if max_bad_fraction is None:
-        raise
-      invalid.append(str(e))
-      if len(invalid) <= MAX_WARNINGS:
-        logging.warning('skipping an invalid annotation: %s', e)
-  if invalid:
-    total = len(data['annotations'])
-    logging.warning('%s: skipped %d of %d annotations failing validation', ann_file,
-                    len(invalid), total)
-    if len(invalid) > max_bad_fraction * total:
-      raise DataError(f'{ann_file}: {len(invalid)} of {total} annotations fail validation, more '
-                      f'than config.data.max_skip_fraction={max_bad_fraction:g}; the first:\n  '
-                      + '\n  '.join(invalid[:10]))
+      invalid.add(e)
+  num_invalid = invalid.finish(len(data['annotations']))
   if num_degenerate > MAX_WARNINGS:
     logging.warning('%s: skipped %d annotations with zero or negative width or height in all '
                     '(the first %d are listed above)', ann_file, num_degenerate, MAX_WARNINGS)
@@ -211,7 +198,7 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
     names = dict(zip(file_ids, file_names, strict=True))
     class_names = [names.get(cid, str(cid)) for cid in category_ids]
   return CocoData(ann_file, image_dir, list(category_ids), class_names, images, num_degenerate,
-                  len(invalid))
+                  num_invalid)
 
 
 def _add_annotation(ann_file, k, ann, by_id, label_of, category_ids, seen_ann_ids,
@@ -310,73 +297,3 @@ def tfds_objects_to_pixels(objects: dict, height, width, label_map):
   if 'area' in objects:
     out['area'] = tf.boolean_mask(tf.cast(objects['area'], tf.float32), keep)
   return out
-
-
-def tfds_as_dataset(builder, split: str, *, shuffle_seed: int | None = None):
-  """Records with the image left encoded (decoded later, or never for skipped records)."""
-  import tensorflow_datasets as tfds
-
-  options = tf.data.Options()
-  options.deterministic = True
-  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, options=options)
-  try:
-    return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
-                              decoders={'image': tfds.decode.SkipDecoding()},
-                              read_config=read_config)
-  except (AssertionError, ValueError, KeyError, OSError, tf.errors.NotFoundError) as e:
-    raise DataError(
-        f'cannot read split {split!r} of TFDS data set {builder.name} from {builder.data_dir} '
-        f'({type(e).__name__}: {e}); prepare it first (tfds build {builder.name} '
-        '--data_dir=DIR) and set config.data.tfds_data_dir=DIR') from None
-
-
-def tfds_num_examples(builder, split: str) -> int:
-  """Number of records of a split (from the metadata; counted if the metadata lacks it)."""
-  try:
-    return int(builder.info.splits[split].num_examples)
-  except (KeyError, ValueError):
-    pass
-  ds = tfds_as_dataset(builder, split)
-  n = int(ds.cardinality())
-  return n if n >= 0 else int(ds.reduce(0, lambda count, _: count + 1))
-
-
-def tfds_val_gt(builder, split: str, label_map: np.ndarray, category_ids: list[int],
-                class_names: list[str]) -> tuple[dict, int]:
-  """A TFDS split as a COCO instances dict, for pycocotools.
-
-  Args:
-    builder: TFDS coco builder.
-    split: split name.
-    label_map: [num_tfds_classes] TFDS class -> contiguous label.
-    category_ids: contiguous label -> original COCO category id.
-    class_names: category names, same order.
-
-  Returns:
-    (dict with 'images' (id, width, height, file_name), 'annotations' (original category id,
-    bbox xywh pixels, TFDS 'area', iscrowd) and 'categories'; number of dropped degenerate
-    boxes). Images are read as bytes; only PNGs are decoded (for their size).
-  """
-
-  def convert(ex):
-    contents = ex['image']
-    hw = tf.cond(tf.io.is_jpeg(contents), lambda: tf.image.extract_jpeg_shape(contents)[:2],
-                 lambda: tf.shape(tf.io.decode_image(contents, expand_animations=False))[:2])
-    objs = tfds_objects_to_pixels(ex['objects'], hw[0], hw[1], label_map)
-    return dict(objs, id=ex['image/id'], hw=hw, file_name=ex['image/filename'])
-
-  ds = tfds_as_dataset(builder, split).map(convert, num_parallel_calls=tf.data.AUTOTUNE)
-  images, anns, num_degenerate = [], [], 0
-  for ex in ds.as_numpy_iterator():
-    image_id = int(ex['id'])
-    images.append({'id': image_id, 'height': int(ex['hw'][0]), 'width': int(ex['hw'][1]),
-                   'file_name': ex['file_name'].decode()})
-    num_degenerate += int(ex['num_degenerate'])
-    for box, label, crowd, area in zip(ex['boxes'], ex['labels'], ex['iscrowd'], ex['area'],
-                                       strict=True):
-      x1, y1, x2, y2 = (float(v) for v in box)
-      anns.append({'id': len(anns) + 1, 'image_id': image_id,
-                   'category_id': int(category_ids[label]), 'bbox': [x1, y1, x2 - x1, y2 - y1],
-                   'area': float(area), 'iscrowd': int(crowd)})
-  cats = [{'id': int(c), 'name': n} for c, n in zip(category_ids, class_names, strict=True)]
-  return {'images': images, 'annotations': anns, 'categories': cats}, num_degenerate

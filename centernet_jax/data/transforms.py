@@ -1,4 +1,4 @@
-"""TensorFlow ops for CenterNet pre-processing, run inside ``tf.data`` (PARITY 4.3 and 4.5).
+"""TensorFlow ops for CenterNet pre-processing, run inside ``tf.data`` (docs/parity.md 4.3 and 4.5).
 
 Training (official ``datasets/sample/ctdet.py``): random scale and centre (or the gaussian
 ``not_rand_crop`` variant), horizontal flip before the warp, ONE bilinear affine warp onto the
@@ -312,27 +312,38 @@ def to_channel_order(image, channel_order: str):
   return image[..., ::-1] if channel_order == 'BGR' else image
 
 
-def pad_objects(boxes, labels, max_objs: int, canvas_hw):
-  """Pads / truncates objects to ``max_objs`` with a mask.
+MAX_OBJS_POLICIES = ('visible_first', 'first')
 
-  Objects that stay visible on the canvas are kept first (stable order), so truncation drops
-  objects the crop removed before visible ones.
+
+def pad_objects(boxes, labels, max_objs: int, canvas_hw, policy: str = 'visible_first'):
+  """Pads / truncates objects to ``max_objs`` with a mask.
 
   Args:
     boxes: [N, 4] float32 xyxy on the canvas.
     labels: [N] int32.
     max_objs: padded length.
     canvas_hw: (h, w) of the canvas.
+    policy: which objects survive when N > max_objs (docs/parity.md 4.3).
+      'visible_first' (ours): objects that stay visible on the canvas come first (stable order),
+      so truncation drops objects the crop removed before visible ones. 'first' (official): the
+      first ``max_objs`` in annotation order, visible or not (the official loop reads
+      ``min(len(anns), max_objs)`` annotations, then skips those the crop removed).
 
   Returns:
     boxes [max_objs, 4] float32, labels [max_objs] int32, mask [max_objs] float32.
   """
-  h = tf.cast(canvas_hw[0], tf.float32)
-  w = tf.cast(canvas_hw[1], tf.float32)
-  vis_w = tf.minimum(boxes[:, 2], w - 1) - tf.maximum(boxes[:, 0], 0.0)
-  vis_h = tf.minimum(boxes[:, 3], h - 1) - tf.maximum(boxes[:, 1], 0.0)
-  hidden = tf.cast(tf.logical_not((vis_w > 0) & (vis_h > 0)), tf.int32)
-  order = tf.argsort(hidden, stable=True)[:max_objs]
+  if policy == 'visible_first':
+    h = tf.cast(canvas_hw[0], tf.float32)
+    w = tf.cast(canvas_hw[1], tf.float32)
+    vis_w = tf.minimum(boxes[:, 2], w - 1) - tf.maximum(boxes[:, 0], 0.0)
+    vis_h = tf.minimum(boxes[:, 3], h - 1) - tf.maximum(boxes[:, 1], 0.0)
+    hidden = tf.cast(tf.logical_not((vis_w > 0) & (vis_h > 0)), tf.int32)
+    order = tf.argsort(hidden, stable=True)[:max_objs]
+  elif policy == 'first':
+    order = tf.range(tf.minimum(tf.shape(boxes)[0], max_objs))
+  else:
+    raise ValueError(f'config.data.max_objs_policy must be one of {MAX_OBJS_POLICIES}, '
+                     f'got {policy!r}')
   boxes = tf.gather(boxes, order)
   labels = tf.gather(tf.cast(labels, tf.int32), order)
   k = tf.shape(order)[0]
@@ -348,7 +359,8 @@ def train_transform(image, boxes, labels, seed, *, input_size: int, max_objs: in
                     scale_choices: Sequence[float], rand_crop: bool = True, shift: float = 0.1,
                     scale: float = 0.4, flip: float = 0.5, color_aug: bool = True,
                     channel_order: str = 'BGR', mean: Sequence[float] = (0.0, 0.0, 0.0),
-                    std: Sequence[float] = (1.0, 1.0, 1.0), crop_base: int = 0) -> dict:
+                    std: Sequence[float] = (1.0, 1.0, 1.0), crop_base: int = 0,
+                    max_objs_policy: str = 'visible_first') -> dict:
   """Official ctdet training pre-processing of one image.
 
   Args:
@@ -358,7 +370,8 @@ def train_transform(image, boxes, labels, seed, *, input_size: int, max_objs: in
     seed: [2] int64 stateless seed of this element.
     input_size: side S of the square network input.
     max_objs: objects padded / truncated to this.
-    (others: see ``config_lib.data_config``.)
+    max_objs_policy: which objects survive the truncation (:func:`pad_objects`).
+    (others: see ``data.config.data_config``.)
 
   Returns:
     dict(image [S, S, 3] float32 normalised, boxes [max_objs, 4] float32 xyxy in input pixels
@@ -389,11 +402,36 @@ def train_transform(image, boxes, labels, seed, *, input_size: int, max_objs: in
   inp.set_shape([input_size, input_size, 3])
 
   boxes, labels, mask = pad_objects(affine_boxes(boxes, trans), labels, max_objs,
-                                    (input_size, input_size))
+                                    (input_size, input_size), max_objs_policy)
   return {'image': inp, 'boxes': boxes, 'labels': labels, 'mask': mask}
 
 
 # --- Evaluation ----------------------------------------------------------------------------
+# The letterbox geometry is owned by ``centernet_jax/boxes.py`` (numpy: ``canvas_hw``,
+# ``letterbox_center_scale``, ``letterbox``); these are its tf twins for tf.data, where the image
+# size is only known inside the graph (tests/data_transforms_test.py checks they agree).
+
+
+def canvas_hw(height, width, *, mode: str, pad: int, size: int):
+  """tf twin of ``boxes.canvas_hw``: (H, W) int32 scalars of the evaluation canvas."""
+  if mode == 'keep_res':
+    return tf.bitwise.bitwise_or(height, pad) + 1, tf.bitwise.bitwise_or(width, pad) + 1
+  if mode == 'fixed_res':
+    return tf.constant(size, tf.int32), tf.constant(size, tf.int32)
+  raise ValueError(f"eval_mode must be 'keep_res' or 'fixed_res', got {mode!r}")
+
+
+def letterbox_center_scale(height, width, inp_h, inp_w, *, mode: str):
+  """tf twin of ``boxes.letterbox_center_scale`` for a square 'fixed_res' canvas.
+
+  Returns:
+    center [2] float32 (x, y), scale [2] float32 (w, h), in image pixels.
+  """
+  if mode == 'keep_res':
+    return (tf.cast(tf.stack([width // 2, height // 2]), tf.float32),
+            tf.cast(tf.stack([inp_w, inp_h]), tf.float32))
+  s = tf.cast(tf.maximum(height, width), tf.float32)
+  return tf.cast(tf.stack([width, height]), tf.float32) / 2.0, tf.stack([s, s])
 
 
 def eval_transform(image, *, mode: str = 'keep_res', pad: int = 31, size: int = 512,
@@ -425,25 +463,17 @@ def eval_transform(image, *, mode: str = 'keep_res', pad: int = 31, size: int = 
                             antialias=False)
     shape = tf.shape(image)
   height, width = shape[0], shape[1]
+  inp_h, inp_w = canvas_hw(height, width, mode=mode, pad=pad, size=size)
+  center, scale = letterbox_center_scale(height, width, inp_h, inp_w, mode=mode)
   if mode == 'keep_res':
-    inp_h = tf.bitwise.bitwise_or(height, pad) + 1
-    inp_w = tf.bitwise.bitwise_or(width, pad) + 1
-    center = tf.cast(tf.stack([width // 2, height // 2]), tf.float32)
-    scale = tf.cast(tf.stack([inp_w, inp_h]), tf.float32)
     # s = input size, so the affine is the integer translation inp/2 - c: an exact pad.
     top = inp_h // 2 - height // 2
     left = inp_w // 2 - width // 2
     inp = tf.pad(tf.cast(image, tf.float32),
                  [[top, inp_h - height - top], [left, inp_w - width - left], [0, 0]])
-  elif mode == 'fixed_res':
-    inp_h = inp_w = tf.constant(size, tf.int32)
-    center = tf.cast(tf.stack([width, height]), tf.float32) / 2.0
-    s = tf.cast(tf.maximum(height, width), tf.float32)
-    scale = tf.stack([s, s])
-    trans = get_affine_transform(center, s, (size, size))
-    inp = tf.round(warp_affine(tf.cast(image, tf.float32), trans, (size, size)))
   else:
-    raise ValueError(f"eval_mode must be 'keep_res' or 'fixed_res', got {mode!r}")
+    trans = get_affine_transform(center, scale, (size, size))
+    inp = tf.round(warp_affine(tf.cast(image, tf.float32), trans, (size, size)))
   inp = to_channel_order(inp / 255.0, channel_order)
   if test_scale != 1.0:
     center, scale = center / test_scale, scale / test_scale

@@ -4,7 +4,7 @@ Detections are converted to the COCO results format the way official CenterNet d
 (``datasets/dataset/coco.py: convert_eval_format``): contiguous label -> original category id,
 xyxy -> xywh, bbox and score rounded to 2 decimals. Evaluation runs over EVERY image of the
 ground truth by default, so images without detections count as misses (unlike evaluators that
-set ``imgIds`` to the images with detections, which inflates AP; PARITY 4.11).
+set ``imgIds`` to the images with detections, which inflates AP; docs/parity.md 4.11).
 """
 
 from __future__ import annotations

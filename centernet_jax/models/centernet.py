@@ -4,8 +4,12 @@ The ResNet model is official ``msra_resnet.py`` (res_18 etc., no DCN; the Simple
 Xiao et al. 2018): ResNet -> 3 x [ConvTranspose 4x4/2 (no bias) -> BN -> ReLU] at 256 channels
 -> one head per output map, all at stride 4.
 
+Builders: arch 'resnet' (``res_{depth}``) and 'resnet_tiny'. The neck also serves the
+not-official ``neck_skips`` variant (lateral connections from the backbone).
+
 Parameter tree (official key -> ours; conv OIHW -> HWIO, ConvTranspose (I, O, kh, kw) -> (kh, kw,
-I, O), BN weight -> scale, running_mean/var -> batch_stats mean/var)::
+I, O), BN weight -> scale, running_mean/var -> batch_stats mean/var; the rules are at the end of
+this file)::
 
     conv1, bn1, layerN.*       -> backbone/conv1, backbone/bn1, backbone/layerN/...
     deconv_layers.{0,3,6}      -> deconv_layers/{0,3,6}/kernel   (UpConv)
@@ -21,8 +25,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from centernet_jax.models.heads import make_head
-from centernet_jax.models.layers import DECONV_INITS, Dtype, UpConv, batch_norm, conv
+from centernet_jax.models import resnet
+from centernet_jax.models.heads import (
+    HEAD_INIT_STYLES,
+    make_head,
+    official_heads,
+    read_torch_heads,
+)
+from centernet_jax.models.layers import (
+    DECONV_INITS,
+    UPSAMPLE_IMPLS,
+    Dtype,
+    UpConv,
+    batch_norm,
+    check_option,
+    conv,
+)
+from centernet_jax.models.torch_names import TorchCheckpoint, TorchNames
 
 
 class DeconvNeck(nn.Module):
@@ -117,3 +136,77 @@ class CenterNet(nn.Module):
                        init_style=self.head_init, dtype=self.dtype)
       out[name] = head(x).astype(jnp.float32)
     return [out]
+
+
+def _check_options(upsample: str, deconv_init: str, head_init: str) -> None:
+  check_option('upsample', upsample, UPSAMPLE_IMPLS)
+  check_option('deconv_init', deconv_init, DECONV_INITS)
+  check_option('head_init', head_init, HEAD_INIT_STYLES)
+
+
+def build_resnet(
+    *, heads: Sequence[tuple[str, int]], dtype: Dtype = jnp.float32, depth: int = 18,
+    head_conv: int = 64, upsample: str = 'subpixel', deconv_init: str = 'normal',
+    head_init: str = 'msra', neck_skips: bool = False,
+) -> CenterNet:
+  """Official msra_resnet ``res_{depth}`` (arch 'resnet'): ResNet + 3 up-convs of 256.
+
+  Args:
+    heads: ((name, channels), ...).
+    dtype: compute dtype.
+    depth: ResNet depth (resnet.RESNET_SPECS).
+    head_conv: hidden head channels (official 64; 0: one 1x1 conv).
+    upsample: 'subpixel' or 'conv_transpose' formulation of the up-convs (same parameters).
+    deconv_init: 'normal' (official) or 'bilinear'.
+    head_init: 'msra' (official), 'fill_fc' or 'dla' (heads.py).
+    neck_skips: lateral connections from the backbone into the neck (not official).
+  """
+  _check_options(upsample, deconv_init, head_init)
+  return CenterNet(resnet.resnet(depth, dtype=dtype), tuple(heads), head_conv, (256, 256, 256),
+                   upsample, deconv_init, head_init, neck_skips, dtype)
+
+
+def build_resnet_tiny(
+    *, heads: Sequence[tuple[str, int]], dtype: Dtype = jnp.float32, head_conv: int = 64,
+    upsample: str = 'subpixel', deconv_init: str = 'normal', head_init: str = 'msra',
+    neck_skips: bool = False,
+) -> CenterNet:
+  """TinyResNet + a 16-channel neck (arch 'resnet_tiny', ~10^4-10^5 parameters), for tests.
+
+  Args as :func:`build_resnet` (no depth: the tiny backbone has one).
+  """
+  _check_options(upsample, deconv_init, head_init)
+  return CenterNet(resnet.TinyResNet(dtype=dtype), tuple(heads), head_conv, (16, 16, 16),
+                   upsample, deconv_init, head_init, neck_skips, dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch names (module docstring): torchvision's for the backbone, 'deconv_layers' for the
+# neck (ConvTranspose2d at 0, 3, 6), one module per head.
+
+_DEPTHS = tuple(resnet.RESNET_SPECS)
+
+
+def _signature(keys: frozenset[str]) -> str | None:
+  if (any(k.startswith('deconv_layers.') for k in keys)
+      and not any(k.endswith('conv_offset_mask.weight') for k in keys)):
+    d = resnet.torch_depth(keys)
+    return f'a CenterNet msra_resnet checkpoint (--format centernet --arch res_{d})'
+  return None
+
+
+TORCH_NAMES = TorchNames(
+    rename=resnet.torch_detector_name,
+    transposed=lambda path: path[0] == 'deconv_layers',
+    read_heads=lambda shapes: read_torch_heads(shapes, ('backbone', 'deconv_layers')),
+    official_heads=official_heads,
+    signature=_signature,
+)
+# Official CenterNet zoo ``ctdet_coco_resN`` files (msra_resnet).
+TORCH_CHECKPOINTS = {
+    'centernet': {
+        **{f'res_{d}': TorchCheckpoint('resnet', TORCH_NAMES, (('depth', d), ('head_conv', 64)))
+           for d in _DEPTHS},
+        'res_tiny': TorchCheckpoint('resnet_tiny', TORCH_NAMES, (('head_conv', 64),)),
+    },
+}

@@ -23,6 +23,8 @@ A head is a heatmap head when 'hm' is in its name (official ``'hm' in head``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,6 +37,7 @@ from centernet_jax.models.layers import (
     torch_default_bias_init,
     torch_default_kernel_init,
 )
+from centernet_jax.models.torch_names import order_heads
 
 # Official CenterNet heatmap prior: sigmoid(-2.19) ~= 0.1 (focal-loss prior, as RetinaNet).
 HM_BIAS_INIT = -2.19
@@ -122,3 +125,52 @@ def make_head(
   k, b = _head_conv_inits(fan_in=in_features, features=num_outputs, num_outputs=num_outputs,
                           is_final=True, is_heatmap=is_heatmap, init_style=init_style)
   return conv(num_outputs, 1, use_bias=True, dtype=dtype, kernel_init=k, bias_init=b, name=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch names: a head ``hm`` is ``hm.0`` (3x3) and ``hm.2`` (1x1), or ``hm`` alone (head_conv 0).
+
+# The heads of the published CenterNet ctdet checkpoints, in the configs' order (msra_resnet and
+# resnet_dcn register them sorted: hm, reg, wh).
+OFFICIAL_HEADS = ('hm', 'wh', 'reg')
+
+
+def official_heads(num_classes: int) -> tuple[tuple[str, int], ...]:
+  """Heads of the published CenterNet ctdet checkpoints: hm (classes), wh (2), reg (2)."""
+  return (('hm', num_classes), ('wh', 2), ('reg', 2))
+
+
+def read_torch_heads(shapes: Mapping[str, Sequence[int]], body: Sequence[str]
+                     ) -> tuple[tuple[tuple[str, int], ...], int] | None:
+  """(heads, head_conv) of a one-stack CenterNet state_dict in our names.
+
+  Args:
+    shapes: our dotted names (PyTorch leaves) -> shapes.
+    body: top-level modules that are not heads (backbone and neck).
+
+  Returns:
+    The heads in the official order (then any others as the file lists them) and their common
+    hidden width (0: single 1x1 convs), or None when no heatmap head ('hm' in its name, the
+    official test) is there.
+
+  Raises:
+    ValueError: heads of different hidden widths (one config.model.head_conv cannot say that).
+  """
+  def conv(name):  # a Conv2d with a bias, as every head layer is
+    return len(shapes.get(f'{name}.weight', ())) == 4 and f'{name}.bias' in shapes
+
+  found, widths = {}, {}
+  for key in shapes:
+    top = key.split('.')[0]
+    if top in body or top in found:
+      continue
+    if conv(f'{top}.0') and conv(f'{top}.2'):
+      found[top] = int(shapes[f'{top}.2.weight'][0])
+      widths[top] = int(shapes[f'{top}.0.weight'][0])
+    elif conv(top):
+      found[top], widths[top] = int(shapes[f'{top}.weight'][0]), 0
+  if not any('hm' in name for name in found):
+    return None
+  if len(set(widths.values())) > 1:
+    raise ValueError(f'heads of different hidden widths {widths}: one head_conv cannot build them')
+  return order_heads(found, OFFICIAL_HEADS), next(iter(widths.values()))

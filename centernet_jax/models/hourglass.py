@@ -1,4 +1,5 @@
-"""Stacked Hourglass backbone (Newell et al. 2016) as in CornerNet and CenterNet ("Hourglass-104").
+"""Stacked Hourglass backbone (Newell et al. 2016) as in CornerNet and CenterNet ("Hourglass-104"),
+and the per-stack heads both detectors put on it (centernet_hourglass.py, cornernet.py).
 
 Official code: CenterNet ``src/lib/models/networks/large_hourglass.py`` (``exkp``, ``kp_module``)
 and CornerNet ``models/py_utils/kp.py`` + ``models/CornerNet.py`` (the same topology)::
@@ -41,12 +42,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from centernet_jax.models.heads import HM_BIAS_INIT
 from centernet_jax.models.layers import (
     Dtype,
     batch_norm,
@@ -54,9 +56,7 @@ from centernet_jax.models.layers import (
     torch_default_bias_init,
     torch_default_kernel_init,
 )
-
-# Official CenterNet / CornerNet heatmap prior: sigmoid(-2.19) ~= 0.1.
-HM_BIAS_INIT = -2.19
+from centernet_jax.models.torch_names import order_heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +91,7 @@ class HourglassSpec:
 # Official Hourglass-104 (CornerNet / CenterNet "large_hourglass").
 HOURGLASS_104 = HourglassSpec(n=5, dims=(256, 256, 384, 384, 384, 512),
                               modules=(2, 2, 2, 2, 2, 4), num_stacks=2, pre_dim=128, cnv_dim=256)
+HOURGLASS_SPECS = {104: HOURGLASS_104}
 # A small variant that trains on a CPU (64-128 px inputs, ~0.2 M parameters with ctdet heads).
 HOURGLASS_TINY = HourglassSpec(n=3, dims=(16, 16, 24, 32), modules=(1, 1, 1, 1), num_stacks=2,
                                pre_dim=8, cnv_dim=16)
@@ -315,7 +316,7 @@ class KpHead(nn.Module):
 
   Attributes:
     num_outputs: output channels.
-    hidden: channels of the 3x3 conv (official curr_dim, 256; head_conv is not used).
+    hidden: channels of the 3x3 conv (config.model.head_conv; official curr_dim, 256).
     is_heatmap: the final bias starts at -2.19 (official); other layers keep PyTorch's init.
     dtype: compute dtype.
   """
@@ -342,48 +343,57 @@ def head_stacks(name: str, num_outputs: int, hidden: int, is_heatmap: bool,
                   name=name)
 
 
-class CenterNetHourglass(nn.Module):
-  """CenterNet on the stacked hourglass (official ``large_hourglass.py`` ``HourglassNet``).
+def hourglass_spec(depth: int) -> HourglassSpec:
+  """The published topology called ``depth`` (104: HOURGLASS_104)."""
+  if depth not in HOURGLASS_SPECS:
+    raise ValueError(f'unknown Hourglass depth {depth} (config.model.depth); known: '
+                     f'{sorted(HOURGLASS_SPECS)}')
+  return HOURGLASS_SPECS[depth]
 
-  Every stack has its own heads (Conv3x3(cnv_dim -> curr_dim, bias, no BN) -> ReLU ->
-  Conv1x1); all stacks are supervised and inference reads the last one.
 
-  Attributes:
-    heads: ((name, channels), ...), e.g. (('hm', 80), ('wh', 2), ('reg', 2)).
-    spec: topology.
-    dtype: compute dtype; params are float32 and outputs float32.
+def check_head_conv(head_conv: int) -> int:
+  """Hourglass heads always have their 3x3 conv (official make_kp_layer): head_conv > 0."""
+  if head_conv <= 0:
+    raise ValueError(f'config.model.head_conv={head_conv}: hourglass heads need a hidden 3x3 '
+                     'conv (> 0; official 256, the stack width)')
+  return head_conv
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch names: ours are the official ones (module docstring); a head module holds one
+# make_kp_layer per stack: '{head}.{stack}.0.conv' (3x3, bias) and '{head}.{stack}.1' (1x1).
+
+# Top-level official modules of the stacked hourglass (everything else is a head).
+TORCH_BODY = ('pre', 'kps', 'cnvs', 'inters', 'inters_', 'cnvs_')
+
+
+def read_torch_heads(shapes: Mapping[str, Sequence[int]], body: Sequence[str],
+                     official: Sequence[str], suffix: str = ''
+                     ) -> tuple[tuple[tuple[str, int], ...], int] | None:
+  """(heads, head_conv) of a stacked-hourglass state_dict.
+
+  Args:
+    shapes: official names -> shapes.
+    body: top-level modules that are not heads.
+    official: head names in the order configs list them.
+    suffix: module name = head name + suffix (CornerNet's ``tl_heats`` holds ``tl_heat``).
+
+  Returns:
+    The heads (official order first) and their hidden width, or None when the file has none.
+
+  Raises:
+    ValueError: heads of different hidden widths.
   """
-
-  heads: tuple[tuple[str, int], ...]
-  spec: HourglassSpec = HOURGLASS_104
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, images: jax.Array, train: bool) -> list[dict[str, jax.Array]]:
-    """Runs the detector.
-
-    Args:
-      images: [B, H, W, 3] float (normalised); ceil(H / 4), ceil(W / 4) divisible by 2**n.
-      train: BatchNorm mode.
-
-    Returns:
-      num_stacks dicts {name: [B, ceil(H / 4), ceil(W / 4), channels] float32}.
-    """
-    features = hourglass_features(self.spec, images, train, self.dtype)
-    heads = [head_stacks(name, channels, self.spec.dims[0], 'hm' in name, self.dtype)
-             for name, channels in self.heads]
-    return [{name: head(i, cnv) for (name, _), head in zip(self.heads, heads, strict=True)}
-            for i, cnv in enumerate(features)]
-
-
-def build_centernet(*, heads: Sequence[tuple[str, int]], dtype: Dtype, **unused) -> nn.Module:
-  """CenterNet Hourglass-104 ('hourglass'); depth, head_conv and neck options do not apply."""
-  del unused
-  return CenterNetHourglass(tuple(heads), HOURGLASS_104, dtype)
-
-
-def build_tiny_centernet(*, heads: Sequence[tuple[str, int]], dtype: Dtype,
-                         **unused) -> nn.Module:
-  """CenterNet on HOURGLASS_TINY ('hourglass_tiny'), for tests and CPU runs."""
-  del unused
-  return CenterNetHourglass(tuple(heads), HOURGLASS_TINY, dtype)
+  found, widths = {}, {}
+  for key in shapes:
+    top = key.split('.')[0]
+    final, hidden = f'{top}.0.1.weight', f'{top}.0.0.conv.weight'
+    if top in body or not top.endswith(suffix) or final not in shapes or hidden not in shapes:
+      continue
+    name = top[:len(top) - len(suffix)]
+    found[name], widths[name] = int(shapes[final][0]), int(shapes[hidden][0])
+  if not found:
+    return None
+  if len(set(widths.values())) > 1:
+    raise ValueError(f'heads of different hidden widths {widths}: one head_conv cannot build them')
+  return order_heads(found, official), next(iter(widths.values()))

@@ -47,6 +47,12 @@ def resolve_dtype(name: str | Dtype) -> Dtype:
   return name
 
 
+def check_option(key: str, value: Any, known: Any) -> None:
+  """Raises a ValueError naming ``config.model.<key>`` unless ``value`` is one of ``known``."""
+  if value not in known:
+    raise ValueError(f'unknown config.model.{key} {value!r}; known: {sorted(known)}')
+
+
 # ----------------------------------------------------------------------------------------------
 # Initialisers.
 

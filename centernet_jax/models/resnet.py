@@ -7,19 +7,21 @@ Parameter names mirror torchvision, so an ImageNet or CenterNet state_dict maps 
 
     conv1, bn1, layer{1..4}/{block}/{conv1, bn1, conv2, bn2[, conv3, bn3][, downsample/{0, 1}]}
 
-(``layer2.0.downsample.1.weight`` -> ``params/.../layer2/0/downsample/1/scale``).
+(``layer2.0.downsample.1.weight`` -> ``params/.../layer2/0/downsample/1/scale``; the rules are
+at the end of this file, the shared layout rules in torch_names.py).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from centernet_jax.models.layers import Dtype, batch_norm, conv
+from centernet_jax.models.torch_names import TorchCheckpoint, TorchNames
 
 
 class Downsample(nn.Module):
@@ -155,3 +157,44 @@ def resnet(depth: int, *, dtype: Dtype = jnp.float32) -> ResNet:
 
 # For tests and smoke runs: one BasicBlock per stage, 8..64 channels.
 TinyResNet = functools.partial(ResNet, block_cls=BasicBlock, stage_sizes=(1, 1, 1, 1), width=8)
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch names: torchvision's, key by key; CenterNet's ResNet detectors keep them at the top
+# level, where ours sit under 'backbone'.
+
+TORCH_MODULES = ('conv1', 'bn1', 'layer1', 'layer2', 'layer3', 'layer4')
+
+
+def torch_detector_name(key: str) -> str:
+  """A CenterNet ResNet detector's key -> ours: the backbone's modules move under 'backbone'."""
+  return f'backbone.{key}' if key.split('.')[0] in TORCH_MODULES else key
+
+
+def torch_depth(keys: Iterable[str]) -> str:
+  """The ResNet depth a state_dict's layer3 block count tells ('?' when unknown)."""
+  blocks = {k.split('layer3.')[1].split('.')[0] for k in keys
+            if k.startswith(('layer3.', 'backbone.layer3.'))}
+  return {2: '18', 6: '34 or 50', 23: '101', 36: '152'}.get(len(blocks), '?')
+
+
+def _torchvision_name(key: str) -> str | None:
+  return None if key.split('.')[0] == 'fc' else f'backbone.{key}'  # the classifier is dropped
+
+
+def _torchvision_signature(keys: frozenset[str]) -> str | None:
+  if 'fc.weight' in keys and any(k.startswith('layer1.') for k in keys):
+    d = torch_depth(keys)
+    return f'an ImageNet ResNet-{d} (--format torchvision --arch resnet{d})'
+  return None
+
+
+TORCHVISION_NAMES = TorchNames(rename=_torchvision_name, signature=_torchvision_signature)
+# ImageNet backbones (torchvision resnetN) for config.init: they fill 'backbone' only.
+TORCH_CHECKPOINTS = {
+    'torchvision': {
+        **{f'resnet{d}': TorchCheckpoint('resnet', TORCHVISION_NAMES, (('depth', d),),
+                                         backbone_only=True) for d in RESNET_SPECS},
+        'resnet_tiny': TorchCheckpoint('resnet_tiny', TORCHVISION_NAMES, backbone_only=True),
+    },
+}

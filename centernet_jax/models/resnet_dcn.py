@@ -4,8 +4,10 @@ torchvision ResNet -> 3 x [DCNv2 3x3 (bias) -> BN -> ReLU -> ConvTranspose2d(4, 
 padding 1, no bias, bilinear ``fill_up_weights``) -> BN -> ReLU] with 256, 128, 64 channels ->
 heads (head_conv 64, ``fill_fc_weights`` init) at stride 4.
 
+Builders: arch 'resdcn' (``resdcn_{depth}``) and 'resdcn_tiny'.
+
 Parameter tree (official key -> ours; conv OIHW -> HWIO, ConvTranspose (I, O, kh, kw) -> (kh, kw,
-I, O), BN weight -> scale, running_mean/var -> batch_stats mean/var)::
+I, O), BN weight -> scale, running_mean/var -> batch_stats mean/var; rules at the end)::
 
     conv1, bn1, layerN.*                   -> backbone/conv1, backbone/bn1, backbone/layerN/...
     deconv_layers.{0,6,12}.{weight,bias}   -> deconv_layers/{0,6,12}/{kernel,bias}   (DeformConv)
@@ -14,9 +16,7 @@ I, O), BN weight -> scale, running_mean/var -> batch_stats mean/var)::
     deconv_layers.{3,9,15}.weight          -> deconv_layers/{3,9,15}/kernel         (UpConv)
     hm.0 / hm.2 (wh, reg)                  -> hm/0, hm/2 (wh, reg)
 
-mmdetection's CenterNet ResNet-18 (``CTResNetNeck`` + ``CenterNetHead``) is the same network
-except that its neck convs (ConvModule with BN) have no bias, and its no-DCN variant uses a plain
-3x3 conv: archs ``mmdet_resdcn`` and ``mmdet_resnet`` (:func:`build_mmdet_centernet`).
+mmdetection's CenterNet ResNet-18 is the same network with other options (mmdet.py).
 """
 
 from __future__ import annotations
@@ -28,8 +28,22 @@ import jax
 import jax.numpy as jnp
 
 from centernet_jax.models import resnet
-from centernet_jax.models.heads import make_head
-from centernet_jax.models.layers import DECONV_INITS, Dtype, UpConv, batch_norm, conv
+from centernet_jax.models.heads import (
+    HEAD_INIT_STYLES,
+    make_head,
+    official_heads,
+    read_torch_heads,
+)
+from centernet_jax.models.layers import (
+    DECONV_INITS,
+    UPSAMPLE_IMPLS,
+    Dtype,
+    UpConv,
+    batch_norm,
+    check_option,
+    conv,
+)
+from centernet_jax.models.torch_names import TorchCheckpoint, TorchNames
 from centernet_jax.ops.deform_conv import DeformConv
 
 
@@ -112,57 +126,75 @@ class ResDCN(nn.Module):
     return [out]
 
 
-def _check(neck_skips: bool) -> None:
-  if neck_skips:
-    raise ValueError('neck_skips is not supported by resdcn')
+def check_options(upsample: str, deconv_init: str, head_init: str) -> None:
+  """Raises a ValueError naming the config.model key of an unknown value."""
+  check_option('upsample', upsample, UPSAMPLE_IMPLS)
+  check_option('deconv_init', deconv_init, DECONV_INITS)
+  check_option('head_init', head_init, HEAD_INIT_STYLES)
 
 
-def build_centernet(
-    *, depth: int = 18, heads: Sequence[tuple[str, int]], head_conv: int = 64,
-    dtype: Dtype = jnp.float32, upsample: str = 'subpixel', deconv_init: str = 'bilinear',
-    head_init: str = 'fill_fc', neck_skips: bool = False,
+def build_resdcn(
+    *, heads: Sequence[tuple[str, int]], dtype: Dtype = jnp.float32, depth: int = 18,
+    head_conv: int = 64, upsample: str = 'subpixel', deconv_init: str = 'bilinear',
+    head_init: str = 'fill_fc',
 ) -> ResDCN:
-  """Official ``resdcn_{depth}`` (18, 101, ...; registry builder, ``build_model``'s kwargs).
+  """Official ``resdcn_{depth}`` (arch 'resdcn'; 18, 101, ...).
 
   Args:
-    depth: ResNet depth (resnet.RESNET_SPECS).
     heads: ((name, channels), ...).
-    head_conv: hidden head channels (official 64).
     dtype: compute dtype.
+    depth: ResNet depth (resnet.RESNET_SPECS).
+    head_conv: hidden head channels (official 64; 0: one 1x1 conv).
     upsample: 'subpixel' or 'conv_transpose' formulation of the 4x4/2 up-convs.
     deconv_init: 'bilinear' (official) or 'normal'.
-    head_init: 'fill_fc' (official) or 'msra'.
-    neck_skips: must be False.
+    head_init: 'fill_fc' (official), 'msra' or 'dla'.
   """
-  _check(neck_skips)
+  check_options(upsample, deconv_init, head_init)
   return ResDCN(resnet.resnet(depth, dtype=dtype), tuple(heads), head_conv, (256, 128, 64),
                 upsample, deconv_init, head_init, dtype)
 
 
-def build_tiny_centernet(
-    *, depth: int = 0, heads: Sequence[tuple[str, int]], head_conv: int = 64,
-    dtype: Dtype = jnp.float32, upsample: str = 'subpixel', deconv_init: str = 'bilinear',
-    head_init: str = 'fill_fc', neck_skips: bool = False,
+def build_resdcn_tiny(
+    *, heads: Sequence[tuple[str, int]], dtype: Dtype = jnp.float32, head_conv: int = 64,
+    upsample: str = 'subpixel', deconv_init: str = 'bilinear', head_init: str = 'fill_fc',
 ) -> ResDCN:
-  """TinyResNet + a 16-channel DCN neck, for tests and smoke runs (``depth`` is ignored)."""
-  del depth
-  _check(neck_skips)
+  """TinyResNet + a 16-channel DCN neck (arch 'resdcn_tiny'), for tests and smoke runs."""
+  check_options(upsample, deconv_init, head_init)
   return ResDCN(resnet.TinyResNet(dtype=dtype), tuple(heads), head_conv, (16, 16, 16),
                 upsample, deconv_init, head_init, dtype)
 
 
-def build_mmdet_centernet(
-    *, depth: int = 18, heads: Sequence[tuple[str, int]], head_conv: int = 64,
-    dtype: Dtype = jnp.float32, upsample: str = 'subpixel', deconv_init: str = 'bilinear',
-    head_init: str = 'fill_fc', neck_skips: bool = False, dcn: bool = True, tiny: bool = False,
-) -> ResDCN:
-  """mmdetection CenterNet: ResNet -> CTResNetNeck (3 x [conv 3x3 (DCNv2 when ``dcn``, no bias)
-  -> BN -> ReLU -> ConvTranspose 4x4/2 -> BN -> ReLU], 256, 128, 64) -> CenterNetHead (feat 64).
+# ----------------------------------------------------------------------------------------------
+# PyTorch names (module docstring): as msra_resnet's, with the up-convs at 6i + 3.
 
-  Args as :func:`build_centernet`; ``tiny`` builds TinyResNet with a 16-channel neck (tests).
-  """
-  _check(neck_skips)
-  backbone = resnet.TinyResNet(dtype=dtype) if tiny else resnet.resnet(depth, dtype=dtype)
-  filters = (16, 16, 16) if tiny else (256, 128, 64)
-  return ResDCN(backbone, tuple(heads), head_conv, filters, upsample, deconv_init, head_init,
-                dtype, neck_dcn=dcn, neck_bias=False)
+_DEPTHS = tuple(resnet.RESNET_SPECS)
+
+
+def is_torch_transposed(path: Sequence[str]) -> bool:
+  """The neck's ConvTranspose2d weights: deconv_layers.{3, 9, 15} (6i + 3)."""
+  return path[0] == 'deconv_layers' and int(path[1]) % 6 == 3
+
+
+def _signature(keys: frozenset[str]) -> str | None:
+  if any(k.startswith('deconv_layers.') and k.endswith('conv_offset_mask.weight') for k in keys):
+    d = resnet.torch_depth(keys)
+    return f'a CenterNet resdcn checkpoint (--format centernet --arch resdcn_{d})'
+  return None
+
+
+TORCH_NAMES = TorchNames(
+    rename=resnet.torch_detector_name,
+    transposed=is_torch_transposed,
+    read_heads=lambda shapes: read_torch_heads(shapes, ('backbone', 'deconv_layers')),
+    official_heads=official_heads,
+    signature=_signature,
+)
+_OFFICIAL = (('head_conv', 64), ('deconv_init', 'bilinear'), ('head_init', 'fill_fc'))
+# Official CenterNet zoo ``ctdet_coco_resdcnN`` files.
+TORCH_CHECKPOINTS = {
+    'centernet': {
+        **{f'resdcn_{d}': TorchCheckpoint('resdcn', TORCH_NAMES, (('depth', d), *_OFFICIAL))
+           for d in _DEPTHS},
+        'resdcn_tiny': TorchCheckpoint('resdcn_tiny', TORCH_NAMES, _OFFICIAL),
+    },
+}

@@ -1,10 +1,14 @@
 """Run under XLA_FLAGS=--xla_force_host_platform_device_count=8 (see multidevice_test.py).
 
 Builds the smoke model, runs one jitted train step on a mesh of 1 device and on a mesh of 8
-devices with the same global batch, and compares losses and updated parameters.
+devices with the same global batch, and compares losses and updated parameters. Then checks that
+the stop flags of ``fault.with_stop_flags`` are summed over the devices and add no all-reduce to
+the step (XLA merges theirs into the gradients'), which is what makes the multi-host agreement
+free.
 """
 
 import os
+import re
 import sys
 
 import jax
@@ -14,31 +18,55 @@ from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from centernet_jax import optim, sharding, steps  # noqa: E402
-from centernet_jax.models import build_model  # noqa: E402
+from centernet_jax import fault, models, optim, sharding, state, tasks  # noqa: E402
 from tests.conftest import load_config  # noqa: E402
 
 
 def run(devices, batch, cfg):
   mesh = sharding.make_mesh(devices)
   rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  model = build_model(cfg.model)
+  model = models.build_model(cfg.model)
   tx, sched = optim.make_optimizer(cfg.optim, batch_size=8, steps_per_epoch=10, total_steps=10)
-  state = jax.jit(lambda r: steps.init_state(model, tx, r, (1, 64, 64, 3)),
-                  out_shardings=rep)(jax.random.PRNGKey(0))
-  step = jax.jit(steps.make_train_step(model, tx, num_classes=cfg.model.num_classes, down_ratio=4,
-                                       min_overlap=0.7, hm_weight=1, wh_weight=0.1, off_weight=1,
-                                       schedule=sched),
+  train_state = jax.jit(lambda r: state.init_state(model, tx, r, (1, 64, 64, 3)),
+                        out_shardings=rep)(jax.random.PRNGKey(0))
+  step = jax.jit(tasks.get(cfg.task).make_train_step(cfg, model, tx, sched),
                  in_shardings=(rep, dat), out_shardings=(rep, rep))
   batch = jax.device_put(batch, dat)
-  state, metrics = step(state, batch)
-  return jax.device_get((state.params, state.batch_stats, metrics))
+  train_state, metrics = step(train_state, batch)
+  return jax.device_get((train_state.params, train_state.batch_stats, metrics))
+
+
+def _all_reduces(compiled) -> int:
+  return len(re.findall(r'= [^\n]*? all-reduce(?:-start)?\(', compiled.as_text()))
+
+
+def check_stop_flags(batch, cfg):
+  mesh = sharding.make_mesh(jax.devices())
+  rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  model = models.build_model(cfg.model)
+  tx, sched = optim.make_optimizer(cfg.optim, batch_size=8, steps_per_epoch=10, total_steps=10)
+  train_state = jax.jit(lambda r: state.init_state(model, tx, r, (1, 64, 64, 3)),
+                        out_shardings=rep)(jax.random.PRNGKey(0))
+  train_step = tasks.get(cfg.task).make_train_step(cfg, model, tx, sched)
+  batch = jax.device_put(batch, dat)
+  flags = np.zeros((8, 3), np.float32)
+  flags[5, 2] = 1  # the process owning device 5 failed to read its input
+  flags = jax.device_put(flags, dat)
+  plain = jax.jit(train_step, in_shardings=(rep, dat), out_shardings=(rep, rep))
+  flagged = jax.jit(fault.with_stop_flags(train_step), in_shardings=(rep, dat, dat),
+                    out_shardings=(rep, rep, rep))
+  n_plain = _all_reduces(plain.lower(train_state, batch).compile())
+  n_flagged = _all_reduces(flagged.lower(train_state, batch, flags).compile())
+  print('all-reduces: step', n_plain, 'step with stop flags', n_flagged)
+  assert n_plain > 0 and n_flagged == n_plain
+  _, _, agreed = flagged(train_state, batch, flags)
+  np.testing.assert_array_equal(jax.device_get(agreed), [0, 0, 1])
+  print('FLAGS MERGED')
 
 
 def main():
   assert jax.device_count() == 8, jax.devices()
-  cfg = load_config('smoke')
-  cfg.model.num_classes = 3
+  cfg = tasks.resolve_config(load_config('smoke'), 3)  # ctdet, 3 classes
   rng = np.random.default_rng(0)
   b, m = 8, 5
   xy = rng.uniform(0, 40, (b, m, 2))
@@ -56,6 +84,7 @@ def main():
   for a, c in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p8, s8)), strict=True):
     np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
   print('SAME')
+  check_stop_flags(batch, cfg)
 
 
 if __name__ == '__main__':

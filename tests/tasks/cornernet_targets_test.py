@@ -1,4 +1,4 @@
-"""Tests for targets.cornernet_targets against a per-object numpy oracle of the
+"""Tests for tasks.cornernet.cornernet_targets against a per-object numpy oracle of the
 official CornerNet `sample/coco.py: kp_detection` and `sample/utils.py` (float64)."""
 
 import functools
@@ -8,21 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from centernet_jax import targets
-
-
-def _radius_oracle(height, width, min_overlap):
-  """CornerNet gaussian_radius: the three quadratic roots, each divided by 2a."""
-  a1, b1 = 1, height + width
-  c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
-  r1 = (b1 - math.sqrt(b1**2 - 4 * a1 * c1)) / (2 * a1)
-  a2, b2 = 4, 2 * (height + width)
-  c2 = (1 - min_overlap) * width * height
-  r2 = (b2 - math.sqrt(b2**2 - 4 * a2 * c2)) / (2 * a2)
-  a3, b3 = 4 * min_overlap, -2 * min_overlap * (height + width)
-  c3 = (min_overlap - 1) * width * height
-  r3 = (b3 + math.sqrt(b3**2 - 4 * a3 * c3)) / (2 * a3)
-  return min(r1, r2, r3)
+from centernet_jax.tasks import cornernet
+from tests.gaussian_test import _corner_radius_oracle as _radius_oracle
 
 
 def _draw_oracle(heatmap, x, y, radius):
@@ -98,7 +85,7 @@ def _random_objects(rng, b, m, c, in_h, in_w):
 
 
 def _run(boxes, labels, mask, c, out_hw, in_hw, **kw):
-  fn = jax.jit(functools.partial(targets.cornernet_targets, num_classes=c, output_hw=out_hw,
+  fn = jax.jit(functools.partial(cornernet.cornernet_targets, num_classes=c, output_hw=out_hw,
                                  input_hw=in_hw, **kw))
   return {k: np.asarray(v) for k, v in fn(boxes, labels, mask).items()}
 
@@ -163,23 +150,3 @@ def test_cornernet_targets_hand_case_and_padding():
   assert got['br_heat'][1, 127, int(300 * r), 1] == 1.0
   assert got['tl_heat'][1, ..., 0].max() == 0
   np.testing.assert_array_equal(got['tag_mask'], [[0, 0, 0], [1, 0, 0]])
-
-
-@pytest.mark.parametrize('overlap', [0.3, 0.5, 0.7])
-def test_corner_radius_table_is_the_official_float64_truncation(overlap):
-  table = targets.corner_radius_table(128, 96, overlap)
-  want = np.array([[max(0, int(_radius_oracle(h, w, overlap))) for w in range(97)]
-                   for h in range(129)])
-  np.testing.assert_array_equal(table, want)
-  if overlap == 0.3:
-    # r2 is exactly 3 for (10, 24) but float64 gives 2.999...: the official radius is 2.
-    assert table[10, 24] == 2
-
-
-def test_corner_gaussian_radius_float_values():
-  h, w = np.meshgrid(np.arange(0, 130), np.arange(0, 130), indexing='ij')
-  got = np.asarray(targets.corner_gaussian_radius(h, w, 0.3))
-  want = np.vectorize(lambda a, b: _radius_oracle(float(a), float(b), 0.3))(h, w)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  # Smaller than CenterNet's radius: the corrected roots.
-  assert (got[1:, 1:] < np.asarray(targets.gaussian_radius(h, w, 0.3))[1:, 1:]).all()

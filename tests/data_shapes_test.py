@@ -1,4 +1,4 @@
-"""Tests of the built-in shapes data set generator."""
+"""Tests of the built-in shapes data set: the generator and its COCO-json source."""
 
 import filecmp
 import os
@@ -71,14 +71,30 @@ def test_command_line(tmp_path, capsys):
 
 
 def test_shapes_source_reads_as_coco(tmp_path):
-  from centernet_jax import config_lib
-  from centernet_jax.data import pipeline
+  from centernet_jax.data import pipeline, sources
+  from centernet_jax.data.config import data_config
 
-  cfg = config_lib.data_config()
+  cfg = data_config()
   cfg.update(shapes_dir=str(tmp_path / 's'), shapes_num_train=3, shapes_num_val=2,
              shapes_image_size=32, input_size=32)
   info = pipeline.get_dataset_info(cfg)
   assert info.class_names == list(shapes.CLASS_NAMES) and info.category_ids == [1, 2, 3, 4]
-  assert (info.num_train, info.num_val) == (3, 2)
+  assert (info.num_train, info.num_val, info.source) == (3, 2, 'coco_json')
+  # A COCO-json source over the generated folder, nothing more.
+  paths = shapes.paths(str(tmp_path / 's'))
+  assert isinstance(info.train_source, sources.CocoJsonSource)
+  assert info.train_data.ann_file == paths['train_annotations']
+  assert info.val_gt == paths['val_annotations']
   batch = next(pipeline.create_train_iterator(cfg, info=info, global_batch_size=2, seed=0))
   assert batch['image'].shape == (2, 32, 32, 3)
+
+
+def test_default_folder_names_the_parameters():
+  from centernet_jax.data import pipeline
+  from centernet_jax.data.config import data_config
+
+  cfg = data_config()
+  cfg.update(shapes_num_train=5, shapes_num_val=3, shapes_image_size=64, shapes_seed=2)
+  path = pipeline.default_shapes_dir(cfg)
+  assert path.endswith(os.path.join('.cache', 'centernet_jax',
+                                    f'shapes_v{shapes.VERSION}_64_5_3_2'))

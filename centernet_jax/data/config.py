@@ -1,0 +1,79 @@
+"""The ``config.data`` section (sources, sizes, augmentation, normalisation).
+
+Kept apart from the pipeline so that configs import it without TensorFlow: ``config_lib``
+builds every experiment's ``config.data`` from :func:`data_config`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# COCO statistics in BGR order, applied after /255 (official CenterNet datasets/dataset/coco.py).
+COCO_MEAN_BGR = (0.40789654, 0.44719302, 0.47026115)
+COCO_STD_BGR = (0.28863828, 0.27408164, 0.27809835)
+
+SOURCES = ('coco_json', 'shapes', 'tfds')
+MAX_OBJS_POLICIES = ('visible_first', 'first')
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """The ``config.data`` section: source, paths, sizes, augmentation, normalisation."""
+  d = ml_collections.ConfigDict()
+  # 'coco_json' (instances json + image folder), 'tfds' (tfds_name) or 'shapes' (built-in).
+  d.source = 'shapes'
+  d.train_annotations = ''
+  d.train_images = ''
+  d.val_annotations = ''
+  d.val_images = ''
+  # TFDS: training reads the split by random access (resuming is O(1)), so the data set must be
+  # prepared in a random-access format: tfds build coco/2017 --file_format=array_record.
+  d.tfds_name = 'coco/2017'
+  d.tfds_data_dir = ''
+  d.tfds_train_split = 'train'
+  d.tfds_val_split = 'validation'
+  # Built-in shapes data set: generated once into shapes_dir (default: ~/.cache/centernet_jax).
+  d.shapes_dir = ''
+  d.shapes_num_train = 600
+  d.shapes_num_val = 100
+  d.shapes_image_size = 128
+  d.shapes_seed = 0
+  # Network input (square, training) and output stride.
+  d.input_size = 512
+  d.max_objs = 128  # official COCO value
+  # Which objects survive max_objs (docs/parity.md 4.3): 'visible_first' (ours: objects still
+  # visible after the crop first, in annotation order, then the hidden ones) or 'first' (official:
+  # the first max_objs annotations of the image, visible or not).
+  d.max_objs_policy = 'visible_first'
+  # Official CenterNet trains on crowd boxes too (getAnnIds has no iscrowd filter).
+  d.train_on_crowd = False
+  # Augmentation (official ctdet defaults).
+  d.rand_crop = True  # scale from {0.6, ..., 1.3} + random centre; False = gaussian shift/scale
+  d.scale_min = 0.6
+  d.scale_max = 1.4
+  d.scale_step = 0.1
+  # Crop side: 0 = max(H, W) * scale (official CenterNet); N > 0 = N * scale (official
+  # CornerNet cuts a 511 * scale square whatever the image size).
+  d.crop_base = 0
+  d.shift = 0.1  # used when rand_crop is False
+  d.scale = 0.4  # used when rand_crop is False
+  d.flip = 0.5
+  d.color_aug = True  # brightness/contrast/saturation 0.4 + PCA lighting 0.1
+  # Normalisation: official weights expect BGR and the COCO statistics.
+  d.channel_order = 'BGR'
+  d.mean = COCO_MEAN_BGR
+  d.std = COCO_STD_BGR
+  # Evaluation input: 'keep_res' pads each image to a multiple of (eval_pad + 1), centred
+  # (official, used for every reported number); 'fixed_res' warps to eval_size x eval_size.
+  d.eval_mode = 'keep_res'
+  d.eval_pad = 31
+  d.eval_size = 512
+  # Unused since TFDS training reads by random access (index shuffle, no buffer); kept so that
+  # configs and command lines that set it still load.
+  d.shuffle_buffer = 1024
+  # Training skips unreadable images and annotations failing validation (logged, counted); the
+  # run stops once skipped image reads pass this fraction of max(reads, training images), or
+  # skipped annotations this fraction of the annotations (docs: experiments/fault_tolerance.md).
+  d.max_skip_fraction = 0.01
+  d.num_parallel_calls = -1  # tf.data.AUTOTUNE
+  d.prefetch = 2
+  return d

@@ -1,0 +1,359 @@
+"""Data sources: one split of a detection data set, read by example index inside tf.data.
+
+The pipeline reads every source the same way, for training and evaluation alike:
+example index -> :meth:`Source.read` (the encoded record) -> :meth:`Source.decode` (canonical
+features) -> transform -> batch. Which example an element is, is decided before reading (the
+pipeline's index stage), so a stream is a pure function of the seed and the position in it and
+resuming at any step costs nothing.
+
+- :class:`CocoJsonSource`: an instances json and its image folder (``data.source='coco_json'``).
+  The built-in shapes set is such a folder, generated on first use (``data.source='shapes'``).
+- :class:`TfdsSource`: a TFDS split prepared in a random-access file format (array_record),
+  read with ``builder.as_data_source``. The records are fetched in chunks of ``READ_CHUNK``
+  indices per Python call (ArrayRecord reads them in parallel); parsing and image decoding are
+  tf ops, so no Python runs per element.
+
+Canonical features (``Source.decode``): image [H, W, 3] uint8 RGB, boxes [N, 4] float32 xyxy
+pixels, labels [N] int32 contiguous, iscrowd [N] bool, image_id [] int64.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+
+import numpy as np
+
+from centernet_jax.data import coco, import_tf, shapes
+from centernet_jax.data.errors import DataError, first_line
+
+tf = import_tf()
+
+READ_CHUNK = 32  # TFDS records fetched per Python call
+
+
+def decode_image(contents):
+  """Encoded image bytes -> [H, W, 3] uint8 RGB (JPEG, PNG, BMP, GIF first frame; gray, RGBA)."""
+  image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+class Source(abc.ABC):
+  """One split of a detection data set with random access by example index.
+
+  Attributes:
+    kind: 'coco_json' or 'tfds' (``DatasetInfo.source``).
+    name: names the split in messages (the annotation file, or 'TFDS coco/2017 train').
+    fix_hint: what to do about records that do not decode (ends an error message).
+    category_ids: contiguous label -> original category id.
+    class_names: category names, same order.
+    coco_data: the checked COCO records (COCO-json sources), else None.
+  """
+  kind: str
+  name: str
+  fix_hint: str
+  category_ids: list[int]
+  class_names: list[str]
+  coco_data: coco.CocoData | None = None
+
+  @abc.abstractmethod
+  def __len__(self) -> int:
+    """Number of examples."""
+
+  @abc.abstractmethod
+  def read(self, ds, num_parallel_calls: int):
+    """Adds ``record`` (tf.string, the encoded example) to tf.data dicts holding ``index``."""
+
+  @abc.abstractmethod
+  def decode(self, element: dict) -> dict:
+    """tf ops: an element with ``index`` and ``record`` -> the canonical features."""
+
+  @abc.abstractmethod
+  def describe(self, index: int) -> str:
+    """Names example ``index`` for messages (host side), e.g. its file and image id."""
+
+  @abc.abstractmethod
+  def image_ids(self) -> list[int]:
+    """Image id of every example, in index order (the evaluation order)."""
+
+  @abc.abstractmethod
+  def coco_gt(self) -> str | dict:
+    """Ground truth for pycocotools: an instances json path, or the same as a dict."""
+
+  def check(self, index: int) -> str | None:
+    """Reads and decodes example ``index`` again on the host: the error text, None if it decodes."""
+    element = tf.data.Dataset.from_tensors({'index': tf.constant(index, tf.int64)})
+    try:
+      self.decode(next(iter(self.read(element, 1))))  # decoded eagerly: the op's own message
+    except tf.errors.OpError as e:
+      return first_line(e)
+    return None
+
+
+# --- COCO-json folders (and the built-in shapes set) ---------------------------------------
+
+
+class CocoJsonSource(Source):
+  """A checked COCO instances file (:func:`coco.load_coco`) and its image files."""
+  kind = 'coco_json'
+
+  def __init__(self, data: coco.CocoData):
+    self.coco_data = data
+    self.name = data.ann_file
+    self.fix_hint = f'fix them or remove them from the annotation file {data.ann_file}'
+    self.category_ids = list(data.category_ids)
+    self.class_names = list(data.class_names)
+    self._tables = None
+
+  def __len__(self) -> int:
+    return len(self.coco_data.images)
+
+  def tables(self) -> dict:
+    """The records as tf constants (built on first use): paths [N], object offsets [N + 1],
+    boxes [M, 4], labels [M], iscrowd [M], image ids [N]."""
+    if self._tables is None:
+      records = self.coco_data.images
+      counts = [len(r.labels) for r in records]
+      self._tables = {
+          'paths': tf.constant([r.path for r in records], tf.string),
+          'offsets': tf.constant(np.concatenate([[0], np.cumsum(counts)]), tf.int64),
+          'boxes': tf.constant(np.concatenate([r.boxes for r in records] +
+                                              [np.zeros((0, 4), np.float32)])),
+          'labels': tf.constant(np.concatenate([r.labels for r in records] +
+                                               [np.zeros((0,), np.int32)])),
+          'iscrowd': tf.constant(np.concatenate([r.iscrowd for r in records] +
+                                                [np.zeros((0,), bool)])),
+          'image_ids': tf.constant([r.image_id for r in records], tf.int64)}
+    return self._tables
+
+  def read(self, ds, num_parallel_calls: int):
+    paths = self.tables()['paths']
+    return ds.map(lambda e: dict(e, record=tf.io.read_file(paths[e['index']])),
+                  num_parallel_calls=num_parallel_calls)
+
+  def decode(self, element: dict) -> dict:
+    t = self.tables()
+    index = element['index']
+    lo, hi = t['offsets'][index], t['offsets'][index + 1]
+    return {'image': decode_image(element['record']), 'boxes': t['boxes'][lo:hi],
+            'labels': t['labels'][lo:hi], 'iscrowd': t['iscrowd'][lo:hi],
+            'image_id': t['image_ids'][index]}
+
+  def describe(self, index: int) -> str:
+    rec = self.coco_data.images[index]
+    return f'{rec.path} (image id {rec.image_id})'
+
+  def image_ids(self) -> list[int]:
+    return [r.image_id for r in self.coco_data.images]
+
+  def coco_gt(self) -> str:
+    return self.coco_data.ann_file
+
+
+def default_shapes_dir(data_cfg) -> str:
+  """~/.cache/centernet_jax/shapes_v<version>_<size>_<train>_<val>_<seed>."""
+  name = (f'shapes_v{shapes.VERSION}_{data_cfg.shapes_image_size}_{data_cfg.shapes_num_train}_'
+          f'{data_cfg.shapes_num_val}_{data_cfg.shapes_seed}')
+  return os.path.join(os.path.expanduser('~'), '.cache', 'centernet_jax', name)
+
+
+def _shapes_paths(data_cfg) -> dict:
+  """The built-in shapes set: a COCO-json folder, generated unless it is already there."""
+  return shapes.ensure(data_cfg.shapes_dir or default_shapes_dir(data_cfg),
+                       num_train=data_cfg.shapes_num_train, num_val=data_cfg.shapes_num_val,
+                       image_size=data_cfg.shapes_image_size, seed=data_cfg.shapes_seed)
+
+
+def _coco_json_paths(data_cfg) -> dict:
+  paths = {k: data_cfg[k] for k in ('train_annotations', 'train_images', 'val_annotations',
+                                    'val_images')}
+  unset = [k for k, v in paths.items() if not v]
+  if unset:
+    raise DataError("data.source='coco_json' needs " +
+                    ', '.join(f'config.data.{k}' for k in unset))
+  return paths
+
+
+_COCO_JSON_FOLDERS = {'coco_json': _coco_json_paths, 'shapes': _shapes_paths}
+
+
+def _open_coco_json(paths: dict, max_skip_fraction: float) -> tuple[Source, Source]:
+  train = coco.load_coco(paths['train_annotations'], paths['train_images'],
+                         max_bad_fraction=max_skip_fraction)
+  val = coco.load_coco(paths['val_annotations'], paths['val_images'],
+                       category_ids=train.category_ids)
+  return CocoJsonSource(train), CocoJsonSource(val)
+
+
+# --- TFDS (random access) --------------------------------------------------------------------
+
+
+def _prepare_hint(builder, tfds_name: str) -> str:
+  root = builder.data_dir_root
+  return (f"prepare it in a random-access format: tfds.builder('{tfds_name}', data_dir='{root}')"
+          ".download_and_prepare(file_format='array_record') or, with the tfds command line "
+          f'(needs apache-beam), tfds build {tfds_name} --data_dir={root} '
+          '--file_format=array_record; a copy prepared as TFRecord converts in place with '
+          f'tfds convert_format --dataset_version_dir={builder.data_dir} '
+          f'--out_file_format=array_record; then set config.data.tfds_data_dir={root}')
+
+
+class TfdsSource(Source):
+  """A TFDS split of COCO-format records (``coco/2017`` features), read by random access.
+
+  Args:
+    builder: the TFDS builder (prepared).
+    tfds_name: the name it was built from (``config.data.tfds_name``, e.g. 'coco/2017').
+    split: split name (slices such as 'train[:10%]' work).
+    label_map: [num_tfds_classes] int32, TFDS class -> contiguous label.
+    category_ids, class_names: contiguous label -> original category id and name.
+
+  Raises:
+    DataError: the split is not prepared, or not in a random-access format (the message says how
+      to prepare it).
+  """
+  kind = 'tfds'
+
+  def __init__(self, builder, tfds_name: str, split: str, label_map: np.ndarray,
+               category_ids: list[int], class_names: list[str]):
+    import tensorflow_datasets as tfds
+
+    self.name = f'TFDS {tfds_name} {split}'
+    self.fix_hint = (f'the TFDS data set in {builder.data_dir} holds records that do not decode; '
+                     'prepare it again')
+    self.category_ids, self.class_names = list(category_ids), list(class_names)
+    self.label_map = np.asarray(label_map, np.int32)
+    self._features = builder.info.features
+    self._decoders = {'image': tfds.decode.SkipDecoding()}  # decoded by decode_image
+    self._scanned = None
+    hint = _prepare_hint(builder, tfds_name)
+    try:
+      builder.info.splits[split]
+    except (KeyError, ValueError) as e:
+      raise DataError(f'{self.name}: split not found in {builder.data_dir} ({e}); {hint}') from None
+    try:
+      self._records = builder.as_data_source(
+          split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    except (NotImplementedError, ValueError) as e:
+      formats = sorted(f.value for f in builder.info.available_file_formats())
+      raise DataError(f'{self.name}: cannot read by random access (prepared as {formats} in '
+                      f'{builder.data_dir}; {type(e).__name__}); {hint}') from None
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def _fetch(self, indices: np.ndarray) -> np.ndarray:
+    return np.array(self._records.__getitems__(indices.tolist()) if len(indices) else [],
+                    dtype=object)
+
+  def read(self, ds, num_parallel_calls: int):
+    def fetch(chunk):
+      records = tf.numpy_function(self._fetch, [chunk['index']], tf.string)
+      records.set_shape(chunk['index'].shape)
+      return dict(chunk, record=records)
+
+    return ds.batch(READ_CHUNK).map(fetch, num_parallel_calls=num_parallel_calls).unbatch()
+
+  def _parse(self, record) -> dict:
+    return self._features.deserialize_example(record, decoders=self._decoders)
+
+  def decode(self, element: dict) -> dict:
+    ex = self._parse(element['record'])
+    image = decode_image(ex['image'])
+    hw = tf.shape(image)
+    objs = coco.tfds_objects_to_pixels(ex['objects'], hw[0], hw[1], self.label_map)
+    return {'image': image, 'boxes': objs['boxes'], 'labels': objs['labels'],
+            'iscrowd': objs['iscrowd'], 'image_id': tf.cast(ex['image/id'], tf.int64)}
+
+  def describe(self, index: int) -> str:
+    try:
+      image_id = f' (image id {int(self._parse(self._records[index])["image/id"])})'
+    except (tf.errors.OpError, IndexError, ValueError):
+      image_id = ''
+    return f'record {index} of {self.name}{image_id}'
+
+  def _scan(self) -> dict:
+    """One pass over the split without decoding the images (JPEG headers give the size)."""
+    if self._scanned is not None:
+      return self._scanned
+
+    def header(element):
+      ex = self._parse(element['record'])
+      contents = ex['image']
+      hw = tf.cond(tf.io.is_jpeg(contents), lambda: tf.image.extract_jpeg_shape(contents)[:2],
+                   lambda: tf.shape(decode_image(contents))[:2])
+      objs = coco.tfds_objects_to_pixels(ex['objects'], hw[0], hw[1], self.label_map)
+      return dict(objs, id=ex['image/id'], hw=hw, file_name=ex['image/filename'])
+
+    indices = tf.data.Dataset.range(len(self)).map(lambda i: {'index': i})
+    ds = self.read(indices, tf.data.AUTOTUNE).map(header, num_parallel_calls=tf.data.AUTOTUNE)
+    images, anns, num_degenerate = [], [], 0
+    for ex in ds.as_numpy_iterator():
+      image_id = int(ex['id'])
+      images.append({'id': image_id, 'height': int(ex['hw'][0]), 'width': int(ex['hw'][1]),
+                     'file_name': ex['file_name'].decode()})
+      num_degenerate += int(ex['num_degenerate'])
+      for box, label, crowd, area in zip(ex['boxes'], ex['labels'], ex['iscrowd'], ex['area'],
+                                         strict=True):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        anns.append({'id': len(anns) + 1, 'image_id': image_id,
+                     'category_id': int(self.category_ids[label]),
+                     'bbox': [x1, y1, x2 - x1, y2 - y1], 'area': float(area),
+                     'iscrowd': int(crowd)})
+    if num_degenerate:
+      logging.warning('%s: dropped %d objects with zero or negative width or height', self.name,
+                      num_degenerate)
+    cats = [{'id': int(c), 'name': n}
+            for c, n in zip(self.category_ids, self.class_names, strict=True)]
+    self._scanned = {'images': images, 'annotations': anns, 'categories': cats}
+    return self._scanned
+
+  def image_ids(self) -> list[int]:
+    return [im['id'] for im in self._scan()['images']]
+
+  def coco_gt(self) -> dict:
+    """The split as a COCO instances dict: 'images' (id, width, height, file_name),
+    'annotations' (original category id, bbox xywh pixels, TFDS 'area', iscrowd) and
+    'categories'. Objects with zero or negative width or height are dropped (logged)."""
+    return self._scan()
+
+
+def _open_tfds(data_cfg) -> tuple[Source, Source]:
+  import tensorflow_datasets as tfds
+
+  try:
+    builder = tfds.builder(data_cfg.tfds_name, data_dir=data_cfg.tfds_data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DataError(f'config.data.tfds_name={data_cfg.tfds_name!r}: '
+                    f'{str(e).splitlines()[0]}') from None
+  label_names = list(builder.info.features['objects']['label'].names)
+  tfds_ids = coco.tfds_category_ids(label_names)
+  category_ids = sorted(set(tfds_ids))
+  names = dict(zip(tfds_ids, label_names, strict=True))
+  label_map = np.array([category_ids.index(c) for c in tfds_ids], np.int32)
+  class_names = [names[c] for c in category_ids]
+  return tuple(TfdsSource(builder, data_cfg.tfds_name, split, label_map, category_ids,
+                          class_names)
+               for split in (data_cfg.tfds_train_split, data_cfg.tfds_val_split))
+
+
+def open_splits(data_cfg) -> tuple[Source, Source]:
+  """The training and validation sources of ``config.data`` (annotations read and checked).
+
+  Raises:
+    DataError: an unknown ``data.source``, unset paths, bad annotation files, a TFDS data set not
+      prepared for random access, or an empty training split.
+  """
+  source = data_cfg.source
+  if source == 'tfds':
+    train, val = _open_tfds(data_cfg)
+  elif source in _COCO_JSON_FOLDERS:
+    train, val = _open_coco_json(_COCO_JSON_FOLDERS[source](data_cfg),
+                                 float(data_cfg.max_skip_fraction))
+  else:
+    raise DataError(f"config.data.source must be 'coco_json', 'shapes' or 'tfds', got {source!r}")
+  if not len(train):
+    raise DataError(f'{train.name}: no images')
+  return train, val

@@ -1,0 +1,101 @@
+r"""Serving side of an export: load an artifact and run it, without the model code.
+
+``export.py`` builds an export directory (a StableHLO file or a TF SavedModel, and
+``export.json``); this module loads it and needs numpy, jax (StableHLO) or tensorflow
+(SavedModel) only, plus the numpy letterbox geometry of ``boxes.py``::
+
+  from centernet_jax import serving
+
+  served = serving.load('DIR')                                # either format; checks the input
+  H, W = served.input_hw
+  canvas, inverse = serving.letterbox(image, (H, W), served.metadata['eval_mode'])
+  out = served(canvas[None])                                  # boxes [1, K, 4] on the canvas
+  boxes = serving.boxes_to_original(out['boxes'][0], inverse, image.shape[:2])
+
+The artifact's boxes are x1, y1, x2, y2 in input-canvas pixels; the letterbox's inverse affine
+maps them back to the original image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from centernet_jax.boxes import boxes_to_original, letterbox, points_to_original
+
+STABLEHLO_FILE = 'model.stablehlo'
+METADATA_FILE = 'export.json'
+
+__all__ = ['METADATA_FILE', 'STABLEHLO_FILE', 'ServedModel', 'ServingError', 'boxes_to_original',
+           'letterbox', 'load', 'points_to_original']
+
+
+class ServingError(ValueError):
+  """A call of an exported model that cannot be served (wrong shape or dtype)."""
+
+
+class ServedModel:
+  """A loaded artifact that checks its input before calling it.
+
+  ``model(images)`` -> dict of numpy boxes [B, K, 4], scores [B, K], classes [B, K] (and
+  ``valid`` [B, K] after soft-NMS); the raw callable is ``model.fn``
+  (``jax.export.Exported.call`` or the TF ``serving_default``).
+  """
+
+  def __init__(self, directory: str, fn: Callable, metadata: dict):
+    self.directory = directory
+    self.fn = fn
+    self.metadata = metadata
+    spec = metadata['input']
+    self.shape = tuple(spec['shape'])
+    self.dtype = np.dtype(spec['dtype'])
+
+  @property
+  def input_hw(self) -> tuple[int, int]:
+    """(H, W) of the canvas the artifact takes."""
+    return int(self.shape[1]), int(self.shape[2])
+
+  def check(self, images) -> np.ndarray:
+    """``images`` as an array, or a ServingError naming the expected shape and dtype."""
+    images = np.asarray(images)
+    want = '[' + ', '.join('B' if d is None else str(d) for d in self.shape) + ']'
+    if images.ndim != len(self.shape) or any(
+        d is not None and d != n for d, n in zip(self.shape, images.shape, strict=True)):
+      raise ServingError(f'{self.directory}: images must be {self.dtype} {want}, got shape '
+                         f'{list(images.shape)}')
+    if images.dtype != self.dtype:
+      raise ServingError(f'{self.directory}: images must be {self.dtype} {want}, got dtype '
+                         f'{images.dtype}')
+    return images
+
+  def __call__(self, images) -> dict:
+    out = self.fn(self.check(images))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def load(directory: str) -> ServedModel:
+  """Loads an export directory (either format) with its ``export.json``."""
+  meta_path = os.path.join(directory, METADATA_FILE)
+  if not os.path.isfile(meta_path):
+    raise FileNotFoundError(f'{meta_path} not found: not an export directory')
+  with open(meta_path) as f:
+    info = json.load(f)
+  if info['format'] == 'stablehlo':
+    import jax
+
+    with open(os.path.join(directory, STABLEHLO_FILE), 'rb') as f:
+      exported = jax.export.deserialize(bytearray(f.read()))
+    return ServedModel(directory, exported.call, info)
+  import tensorflow as tf
+
+  loaded = tf.saved_model.load(directory)
+  signature = loaded.signatures['serving_default']
+
+  def fn(images):
+    return signature(images=tf.constant(images))
+
+  fn.loaded = loaded  # the signature's variables live as long as the loaded object
+  return ServedModel(directory, fn, info)

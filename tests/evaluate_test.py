@@ -1,0 +1,72 @@
+"""Tests for centernet_jax.evaluate: the evaluator is compiled once per run (bug 3), the
+evaluation batch rounding is announced (bug 8)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from centernet_jax import evaluate, tasks
+from centernet_jax.models import build_model
+
+# Tracing to a jaxpr and lowering to MLIR happen for every new compilation, whether or not
+# the persistent compilation cache then holds the executable.
+_COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
+                   '/jax/core/compile/jaxpr_to_mlir_module_duration')
+
+
+@pytest.mark.parametrize('requested,devices,expected,warned', [
+    (4, 1, 4, False), (3, 2, 4, True), (8, 8, 8, False), (0, 1, 1, True), (9, 4, 12, True),
+])
+def test_local_batch_size(requested, devices, expected, warned, caplog):
+  with caplog.at_level(logging.WARNING):
+    assert evaluate.local_batch_size(requested, devices) == expected
+  messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  if warned:
+    assert messages == [f'config.eval.batch_size={requested} rounded up to {expected}, a '
+                        f'multiple of the {devices} local devices']
+  else:
+    assert not messages
+
+
+def test_second_evaluation_compiles_nothing(smoke_config, tmp_path):
+  """Two evaluations by one Evaluator (multi-scale: predict and merge): the second traces and
+  lowers nothing. Before, every periodic evaluation jitted a new predict function."""
+  from centernet_jax.data import pipeline
+
+  info = pipeline.get_dataset_info(smoke_config.data)
+  config = tasks.resolve_config(smoke_config, info.num_classes)
+  config.eval.test_scales = (1.0, 0.5)
+  model = build_model(config.model)
+  size = config.data.input_size
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
+  evaluator = evaluate.Evaluator(config, model, info)
+  first = evaluator(variables, str(tmp_path / 'first'))
+
+  events = []
+
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    if event in _COMPILE_EVENTS:
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    second = evaluator(variables, str(tmp_path / 'second'))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert events == []
+  assert second == first
+  assert set(first) >= {'AP', 'AP50', 'AR100'}
+  # The listener does see compilations: a new evaluator compiles again.
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    evaluate.Evaluator(config, model, info)(variables, str(tmp_path / 'third'))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert events
