@@ -70,3 +70,45 @@ def test_second_evaluation_compiles_nothing(smoke_config, tmp_path):
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert events
+
+
+@pytest.mark.parametrize('local_fails,other_message', [
+    (False, None), (True, None), (False, 'process 1: OSError: disk gone'),
+    (True, 'process 0: ValueError: boom'),
+])
+def test_prediction_failure_is_agreed_before_the_gather(local_fails, other_message, monkeypatch,
+                                                        smoke_config):
+  """A failure on any process is agreed before the collective gather, so every process raises
+  (with the failing process's message) instead of waiting in the gather. The agreement is
+  replaced by a fake that answers as another process would."""
+  from centernet_jax import fault
+  from centernet_jax.data import pipeline
+
+  info = pipeline.get_dataset_info(smoke_config.data)
+  config = tasks.resolve_config(smoke_config, info.num_classes)
+  evaluator = evaluate.Evaluator(config, build_model(config.model), info)
+  asked, gathered = [], []
+
+  def predict_rows(variables):
+    del variables
+    if local_fails:
+      raise ValueError('boom')
+    return []
+
+  def agree_message(message):
+    asked.append(message)
+    return message or other_message
+
+  monkeypatch.setattr(evaluator, '_predict_rows', predict_rows)
+  monkeypatch.setattr(fault, 'agree_message', agree_message)
+  monkeypatch.setattr(evaluate, '_gather', lambda rows, K: gathered.append(rows) or rows)
+  if local_fails:
+    with pytest.raises(ValueError, match='boom'):
+      evaluator.predict_dataset({})
+  elif other_message:
+    with pytest.raises(RuntimeError, match='failed on another process: process 1: OSError'):
+      evaluator.predict_dataset({})
+  else:
+    assert evaluator.predict_dataset({}) == []
+  assert asked == ['ValueError: boom' if local_fails else None]  # every process asks, once
+  assert gathered == ([] if local_fails or other_message else [[]])
