@@ -225,3 +225,83 @@ def test_shape_errors():
     deform_conv.deform_conv2d(x, offsets, mask[..., :4], kernel, bias)
   with pytest.raises(ValueError, match='channels'):
     deform_conv.deform_conv2d(x[..., :1], offsets, mask, kernel, bias)
+
+
+# Fast path (custom VJP, scan over taps and row chunks) against deform_conv_reference (autodiff of
+# the 4-corner gather): outputs and the gradients with respect to every input.
+# name, (b, h, w, cin, cout, k, stride, pad, dil), offset range, taps_per_step, rows_per_step,
+# integer offsets. rows_per_step 16 cuts 70 output pixels into 5 chunks (the last one padded).
+PARITY_CASES = [
+    ('leaves_image_nonsquare_chunks', (2, 7, 5, 3, 4, 3, 1, 1, 1), 6.0, 1, 16, False),
+    ('stride2_dil2_pad0', (1, 9, 8, 2, 3, 3, 2, 0, 2), 2.5, 1, 2048, False),
+    ('integer_offsets_taps3_chunks', (2, 6, 7, 3, 2, 3, 1, 1, 1), 2.0, 3, 20, True),
+    ('all_taps_one_step', (1, 5, 6, 2, 3, 3, 1, 2, 2), 3.0, 9, 2048, False),
+]
+PARITY_IDS = [c[0] for c in PARITY_CASES]
+
+
+def _out_and_grads(fn, args, proj, **kw):
+  """fn(*args) and the gradients of sum(fn(*args) * proj) w.r.t. all five args, in one jit."""
+
+  def f(*a):
+    out, vjp = jax.vjp(lambda *a: fn(*a, **kw), *a)
+    return out, vjp(jnp.asarray(proj, out.dtype))
+
+  return jax.jit(f)(*args)
+
+
+def _parity_args(name, shape, offset_range, integer, dtype):
+  b, h, w, cin, cout, k, stride, pad, dil = shape
+  x, offsets, mask, kernel, bias = _inputs(zlib.crc32(name.encode()), *shape, offset_range)
+  if integer:  # every sample on the pixel grid: the bilinear kinks, both sides floor alike
+    offsets = np.round(offsets)
+  ho, wo = _out_size(h, k, stride, pad, dil), _out_size(w, k, stride, pad, dil)
+  proj = np.random.default_rng(1).normal(size=(b, ho, wo, cout)).astype(np.float32)
+  return (jnp.asarray(x, dtype), jnp.asarray(offsets), jnp.asarray(mask),
+          jnp.asarray(kernel, dtype), jnp.asarray(bias, dtype)), proj
+
+
+def _assert_close(got, want, rel, err_msg):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  scale = max(np.abs(want).max(), 1e-6)
+  np.testing.assert_allclose(got, want, atol=rel * scale, rtol=0, err_msg=err_msg)
+
+
+@pytest.mark.parametrize('name,shape,offset_range,taps,rows,integer', PARITY_CASES,
+                         ids=PARITY_IDS)
+def test_fast_matches_reference_float32(name, shape, offset_range, taps, rows, integer):
+  stride, pad, dil = shape[6:]
+  args, proj = _parity_args(name, shape, offset_range, integer, jnp.float32)
+  conv = dict(stride=stride, padding=pad, dilation=dil)
+  out_want, want = _out_and_grads(deform_conv.deform_conv_reference, args, proj, **conv)
+  out_got, got = _out_and_grads(deform_conv.deform_conv2d, args, proj, taps_per_step=taps,
+                                rows_per_step=rows, **conv)
+  assert out_got.dtype == jnp.float32 and out_got.shape == out_want.shape
+  _assert_close(out_got, out_want, 1e-5, 'output')
+  for arg, g, g_ref in zip(['x', 'offsets', 'mask', 'kernel', 'bias'], got, want, strict=True):
+    assert g.dtype == g_ref.dtype and g.shape == g_ref.shape, arg
+    _assert_close(g, g_ref, 1e-5, arg)
+
+
+@pytest.mark.parametrize('name,shape,offset_range,taps,rows,integer', PARITY_CASES[:1],
+                         ids=PARITY_IDS[:1])
+def test_fast_matches_reference_bfloat16(name, shape, offset_range, taps, rows, integer):
+  """bfloat16 x and kernel: both round the samples to bfloat16 before the matmul, so they agree
+  to bfloat16 precision (the fast path's gradients are accumulated in float32)."""
+  stride, pad, dil = shape[6:]
+  args, proj = _parity_args(name, shape, offset_range, integer, jnp.bfloat16)
+  conv = dict(stride=stride, padding=pad, dilation=dil)
+  out_want, want = _out_and_grads(deform_conv.deform_conv_reference, args, proj, **conv)
+  out_got, got = _out_and_grads(deform_conv.deform_conv2d, args, proj, taps_per_step=taps,
+                                rows_per_step=rows, **conv)
+  assert out_got.dtype == jnp.bfloat16
+  _assert_close(out_got, out_want, 2e-2, 'output')
+  for arg, g, g_ref in zip(['x', 'offsets', 'mask', 'kernel', 'bias'], got, want, strict=True):
+    assert g.dtype == g_ref.dtype, arg
+    _assert_close(g, g_ref, 3e-2, arg)
+
+
+def test_fast_rejects_taps_per_step_not_dividing_taps():
+  x, offsets, mask, kernel, bias = _inputs(0, 1, 5, 5, 2, 2, 3, 1, 1, 1, 1.0)
+  with pytest.raises(ValueError, match='taps_per_step'):
+    deform_conv.deform_conv2d(x, offsets, mask, kernel, bias, taps_per_step=2)
