@@ -147,26 +147,9 @@ def read_image(image: str | os.PathLike | np.ndarray) -> np.ndarray:
   Raises:
     DataError: missing or undecodable file, or an array of another dtype or shape.
   """
-  from centernet_jax.data.errors import DataError
+  from centernet_jax.data import sources  # TensorFlow only when an image is read
 
-  if isinstance(image, str | os.PathLike):
-    import tensorflow as tf
-
-    if not os.path.isfile(image):
-      raise DataError(f'image file not found: {image}')
-    try:
-      return tf.io.decode_image(tf.io.read_file(str(image)), channels=3,
-                                expand_animations=False).numpy()
-    except tf.errors.OpError as e:
-      first = (e.message or str(e)).strip().splitlines()
-      raise DataError(f'cannot decode image file {image}: {first[0] if first else e}') from None
-  pixels = np.asarray(image)
-  if pixels.ndim == 2:
-    pixels = pixels[..., None]
-  if pixels.ndim != 3 or pixels.shape[-1] not in (1, 3, 4) or pixels.dtype != np.uint8:
-    raise DataError(f'image array must be uint8 [H, W], [H, W, 3] or [H, W, 4]; got '
-                    f'{pixels.dtype} {pixels.shape}')
-  return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels[..., :3]
+  return sources.read_image(image)
 
 
 def preprocess(image: np.ndarray, data_cfg: ml_collections.ConfigDict) -> dict:

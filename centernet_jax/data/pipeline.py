@@ -24,13 +24,11 @@ files once the skipped reads exceed ``data.max_skip_fraction`` of
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator
 
 import numpy as np
 
 from centernet_jax.data import coco, errors, import_tf, sources, transforms
-from centernet_jax.data.errors import DataError
 
 tf = import_tf()
 
@@ -292,21 +290,7 @@ def load_image_for_predict(image: str | np.ndarray, data_cfg) -> dict:
     image: a file path, or a uint8 array [H, W, 3] RGB, [H, W, 4] RGBA or [H, W] grayscale.
     data_cfg: ``config.data``.
   """
-  if isinstance(image, str | os.PathLike):
-    if not os.path.isfile(image):
-      raise DataError(f'image file not found: {image}')
-    try:
-      pixels = decode_image(tf.io.read_file(str(image)))
-    except tf.errors.OpError as e:
-      raise DataError(f'cannot decode image file {image}: {errors.first_line(e)}') from None
-  else:
-    pixels = np.asarray(image)
-    if pixels.ndim == 2:
-      pixels = pixels[..., None]
-    if pixels.ndim != 3 or pixels.shape[-1] not in (1, 3, 4) or pixels.dtype != np.uint8:
-      raise DataError(f'image array must be uint8 [H, W], [H, W, 3] or [H, W, 4]; got '
-                      f'{pixels.dtype} {pixels.shape}')
-    pixels = np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels[..., :3]
+  pixels = sources.read_image(image)
   out = transforms.eval_transform(
       tf.convert_to_tensor(pixels), mode=data_cfg.eval_mode, pad=data_cfg.eval_pad,
       size=data_cfg.eval_size, channel_order=data_cfg.channel_order)

@@ -40,6 +40,31 @@ def decode_image(contents):
   return image
 
 
+
+def read_image(image: str | os.PathLike | np.ndarray) -> np.ndarray:
+  """An image file or array as [H, W, 3] uint8 RGB, decoded as the data pipeline decodes files.
+
+  Args:
+    image: a file path, or a uint8 array [H, W, 3] RGB, [H, W, 4] RGBA or [H, W] grayscale.
+
+  Raises:
+    DataError: missing or undecodable file, or an array of another dtype or shape.
+  """
+  if isinstance(image, str | os.PathLike):
+    if not os.path.isfile(image):
+      raise DataError(f'image file not found: {image}')
+    try:
+      return decode_image(tf.io.read_file(str(image))).numpy()
+    except tf.errors.OpError as e:
+      raise DataError(f'cannot decode image file {image}: {first_line(e)}') from None
+  pixels = np.asarray(image)
+  if pixels.ndim == 2:
+    pixels = pixels[..., None]
+  if pixels.ndim != 3 or pixels.shape[-1] not in (1, 3, 4) or pixels.dtype != np.uint8:
+    raise DataError(f'image array must be uint8 [H, W], [H, W, 3] or [H, W, 4]; got '
+                    f'{pixels.dtype} {pixels.shape}')
+  return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels[..., :3]
+
 class Source(abc.ABC):
   """One split of a detection data set with random access by example index.
 
