@@ -93,8 +93,27 @@ def reg_l1_loss(pred: jax.Array, ind: jax.Array, mask: jax.Array, target: jax.Ar
   Returns:
     scalar float32 loss.
   """
+  return reg_weighted_l1_loss(pred, ind, jnp.broadcast_to(
+      mask.astype(jnp.float32)[..., None], target.shape), target)
+
+
+def reg_weighted_l1_loss(pred: jax.Array, ind: jax.Array, mask: jax.Array,
+                         target: jax.Array) -> jax.Array:
+  """Official `RegWeightedL1Loss`: L1 with a per-coordinate mask (multi_pose `hps`).
+
+  L = sum |pred * m - gt * m| / (sum(m) + 1e-4), m of the target's shape.
+
+  Args:
+    pred: [B, h, w, D] regression map.
+    ind: [B, M] int flat indices y * w + x.
+    mask: [B, M, D] float/bool mask per coordinate.
+    target: [B, M, D] regression targets.
+
+  Returns:
+    scalar float32 loss.
+  """
   gathered = gather_feat(pred, ind).astype(jnp.float32)
-  m = jnp.broadcast_to(mask.astype(jnp.float32)[..., None], gathered.shape)
+  m = mask.astype(jnp.float32)
   loss = jnp.sum(jnp.abs(gathered * m - target.astype(jnp.float32) * m))
   return loss / (jnp.sum(m) + 1e-4)
 

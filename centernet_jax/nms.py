@@ -178,6 +178,7 @@ def nms_top_k(
     method: str = 'gaussian',
     corner_scores: tuple[jax.Array, jax.Array] | None = None,
     weight_exp: float = 10.0,
+    extra: Mapping[str, jax.Array] | None = None,
 ) -> dict[str, jax.Array]:
   """Per-class soft-NMS, then the top K across classes (official `max_per_image`).
 
@@ -195,11 +196,13 @@ def nms_top_k(
     iou_threshold, sigma, score_threshold, method: see `soft_nms`.
     corner_scores: None, or (tl_scores, br_scores) [B, N] each for box merging.
     weight_exp: merge weight exponent (official multi-scale config 10).
+    extra: other per-detection arrays [B, N, ...] (pose: keypoints) that follow their box:
+      returned under the same names, gathered at the kept detections.
 
   Returns:
     dict with boxes [B, K, 4] float32, scores [B, K] float32 (descending, 0
     where `valid` is False), classes [B, K] int32, valid [B, K] bool (False when
-    fewer than K boxes survive).
+    fewer than K boxes survive), and the ``extra`` arrays [B, K, ...].
   """
   if method not in METHODS:
     raise ValueError(f'soft_nms method must be one of {METHODS}, got {method!r}.')
@@ -212,6 +215,7 @@ def nms_top_k(
     boxes, classes = pad(boxes), pad(classes, 0)
     scores = pad(scores, -1.0)
     corner_scores = tuple(pad(c) for c in corner_scores)
+    extra = {k: pad(v) for k, v in (extra or {}).items()}
 
   def one(bx, s, c, *corners):
     return _soft_nms(bx, s, c, iou_threshold, sigma, score_threshold, method,
@@ -222,8 +226,11 @@ def nms_top_k(
   valid = top >= 0
   out_boxes = jnp.take_along_axis(out_boxes, inds[..., None], axis=1)
   out_classes = jnp.take_along_axis(classes, inds, axis=1).astype(jnp.int32)
-  return {'boxes': out_boxes, 'scores': jnp.where(valid, top, 0.0), 'classes': out_classes,
-          'valid': valid}
+  out = {k: jnp.take_along_axis(v, inds.reshape(inds.shape + (1,) * (v.ndim - 2)), axis=1)
+         for k, v in (extra or {}).items()}
+  out.update(boxes=out_boxes, scores=jnp.where(valid, top, 0.0), classes=out_classes,
+             valid=valid)
+  return out
 
 
 def make_nms(eval_cfg: Mapping[str, Any], *, merge_boxes: bool = False,
@@ -242,7 +249,8 @@ def make_nms(eval_cfg: Mapping[str, Any], *, merge_boxes: bool = False,
 
   Returns:
     ``nms(dets) -> dets``: dets hold boxes [B, N, 4], scores [B, N] (negative: absent),
-    classes [B, N]; the result holds K of each plus ``valid`` [B, K].
+    classes [B, N] and any other per-detection arrays [B, N, ...] (carried along); the result
+    holds K of each plus ``valid`` [B, K].
   """
   e = eval_cfg
   if e['nms_method'] not in METHODS:
@@ -253,9 +261,12 @@ def make_nms(eval_cfg: Mapping[str, Any], *, merge_boxes: bool = False,
 
   def nms(dets: dict) -> dict:
     corners = (dets['tl_scores'], dets['br_scores']) if merge_boxes else None
+    # Every other per-detection array (pose: keypoints, their scores) follows its box.
+    extra = {k: v for k, v in dets.items()
+             if k not in ('boxes', 'scores', 'classes', 'valid', 'tl_scores', 'br_scores')}
     out = nms_top_k(dets['boxes'] * box_scale, dets['scores'], dets['classes'], K=K,
                     iou_threshold=iou, sigma=sigma, score_threshold=threshold, method=method,
-                    corner_scores=corners)
+                    corner_scores=corners, extra=extra)
     return dict(out, boxes=out['boxes'] / box_scale)
 
   return nms

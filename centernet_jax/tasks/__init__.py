@@ -6,10 +6,12 @@ defines
 
   NAME, POINT_KEYS                      registry key; detection arrays holding (x, y) pairs
   add_config(c)                         its keys in the shared config sections
-  heads(num_classes)                    ((name, channels), ...) for ``config.model.heads``
+  heads(num_classes, config=None)       ((name, channels), ...) for ``config.model.heads``
   make_train_step(config, model, tx, schedule=None) -> train_step(state, batch)
   make_predict_fn(config, model, *, merge_later=False) -> predict(variables, images)
   make_merge(config) -> merge(dets)     multi-scale merge of detections in original pixels
+  coco_results(dets, image_id, category_ids, config) -> [result]   one image's COCO results
+  evaluate(gt, results, image_ids, config, log) -> metrics          the task's COCO metrics
 
 Adding a task is one new module and one line in ``TASKS``; the training loop, evaluation,
 export and conversion call these names only.
@@ -21,9 +23,10 @@ from types import ModuleType
 
 import ml_collections
 
-from centernet_jax.tasks import cornernet, ctdet
+from centernet_jax.tasks import cornernet, ctdet, multi_pose
 
-TASKS: dict[str, ModuleType] = {'ctdet': ctdet, 'cornernet': cornernet}
+TASKS: dict[str, ModuleType] = {'ctdet': ctdet, 'cornernet': cornernet,
+                                'multi_pose': multi_pose}
 
 
 def get(name: str) -> ModuleType:
@@ -63,7 +66,7 @@ def resolve_config(config: ml_collections.ConfigDict,
                      '-1 (taken from the data)')
   d = config.to_dict()
   heads = tuple((str(name), int(ch)) for name, ch in d['model']['heads'])
-  computed = task.heads(num_classes)
+  computed = task.heads(num_classes, config)
   if not heads or not set(heads) <= set(computed):
     heads = computed
   d['model']['num_classes'] = num_classes
@@ -83,4 +86,4 @@ def multi_scale(config: ml_collections.ConfigDict) -> bool:
   return len(scales) > 1
 
 
-__all__ = ['TASKS', 'cornernet', 'ctdet', 'get', 'multi_scale', 'resolve_config']
+__all__ = ['TASKS', 'cornernet', 'ctdet', 'multi_pose', 'get', 'multi_scale', 'resolve_config']

@@ -25,6 +25,9 @@ import optax
 from centernet_jax import decode, losses, models, nms, state
 from centernet_jax.gaussian import corner_radius_table, draw_gaussians, lookup_radius
 
+# Box results and COCO box evaluation are the same as ctdet's.
+from centernet_jax.tasks.ctdet import coco_results, evaluate  # noqa: F401
+
 NAME = 'cornernet'
 # Detection arrays whose last axis holds (x, y) pairs in output-map coordinates.
 POINT_KEYS = ('boxes',)
@@ -46,8 +49,13 @@ def add_config(c: ml_collections.ConfigDict) -> None:
   c.eval.ae_threshold = 0.5
 
 
-def heads(num_classes: int) -> tuple[tuple[str, int], ...]:
-  """The official CornerNet outputs: heatmaps (C), embeddings (1), offsets (2) per corner."""
+def heads(num_classes: int, config: ml_collections.ConfigDict | None = None
+          ) -> tuple[tuple[str, int], ...]:
+  """The official CornerNet outputs: heatmaps (C), embeddings (1), offsets (2) per corner.
+
+  ``config`` is unused (the heads depend on the class count only).
+  """
+  del config
   return (('tl_heat', num_classes), ('br_heat', num_classes), ('tl_tag', 1), ('br_tag', 1),
           ('tl_regr', 2), ('br_regr', 2))
 

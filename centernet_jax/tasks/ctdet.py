@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from centernet_jax import decode, gaussian, losses, models, nms, state
@@ -36,8 +37,13 @@ def add_config(c: ml_collections.ConfigDict) -> None:
   c.eval.nms = False
 
 
-def heads(num_classes: int) -> tuple[tuple[str, int], ...]:
-  """The official ctdet heads: class heatmap, box size (w, h), centre offset (x, y)."""
+def heads(num_classes: int, config: ml_collections.ConfigDict | None = None
+          ) -> tuple[tuple[str, int], ...]:
+  """The official ctdet heads: class heatmap, box size (w, h), centre offset (x, y).
+
+  ``config`` is unused (the heads depend on the class count only).
+  """
+  del config
   return (('hm', num_classes), ('wh', 2), ('reg', 2))
 
 
@@ -75,6 +81,35 @@ def ctdet_targets(
     reg [B, M, 2] float32, reg_mask [B, M] float32.
   """
   out_h, out_w = int(output_hw[0]), int(output_hw[1])
+  c = object_centres(boxes, mask, output_hw=output_hw, min_overlap=min_overlap)
+  valid, ct, ct_int = c['valid'], c['ct'], c['ct_int']
+  hm = gaussian.draw_gaussians(ct_int, c['radius'], labels, valid, num_classes=num_classes,
+                               output_hw=(out_h, out_w), objects_per_chunk=objects_per_chunk)
+  # jnp.where (not a product) so garbage in padded rows, even NaN, cannot leak.
+  ind = jnp.where(valid, ct_int[..., 1] * out_w + ct_int[..., 0], 0).astype(jnp.int32)
+  wh = jnp.where(valid[..., None], c['wh'], 0.0)
+  reg = jnp.where(valid[..., None], ct - ct_int.astype(jnp.float32), 0.0)
+  return {'hm': hm, 'ind': ind, 'wh': wh, 'reg': reg, 'reg_mask': valid.astype(jnp.float32)}
+
+
+def object_centres(boxes: jax.Array, mask: jax.Array, *, output_hw: Sequence[int],
+                   min_overlap: float = 0.7) -> dict[str, jax.Array]:
+  """The per-object part of the official ctdet targets, shared with the pose task.
+
+  Corners clipped to [0, out - 1]; valid = mask and h > 0 and w > 0 after clipping; radius =
+  max(0, int(r)) of (ceil h, ceil w); ct the float box centre, ct_int = trunc(ct).
+
+  Args:
+    boxes: [B, M, 4] float32 xyxy in output-map pixels, unclipped.
+    mask: [B, M] nonzero marks a real object.
+    output_hw: (h_out, w_out).
+    min_overlap: overlap of the radius.
+
+  Returns:
+    dict valid [B, M] bool, radius [B, M] int32, ct [B, M, 2] float32, ct_int [B, M, 2] int32,
+    wh [B, M, 2] float32 (clipped width, height).
+  """
+  out_h, out_w = int(output_hw[0]), int(output_hw[1])
   boxes = jnp.asarray(boxes, jnp.float32)
   x1 = jnp.clip(boxes[..., 0], 0, out_w - 1)
   y1 = jnp.clip(boxes[..., 1], 0, out_h - 1)
@@ -91,14 +126,8 @@ def ctdet_targets(
   radius = gaussian.lookup_radius(table, bh, bw)
   ct = jnp.stack([(x1 + x2) / 2, (y1 + y2) / 2], axis=-1)  # [B, M, 2]
   ct_int = ct.astype(jnp.int32)  # trunc; ct >= 0 after clipping
-
-  hm = gaussian.draw_gaussians(ct_int, radius, labels, valid, num_classes=num_classes,
-                               output_hw=(out_h, out_w), objects_per_chunk=objects_per_chunk)
-  # jnp.where (not a product) so garbage in padded rows, even NaN, cannot leak.
-  ind = jnp.where(valid, ct_int[..., 1] * out_w + ct_int[..., 0], 0).astype(jnp.int32)
-  wh = jnp.where(valid[..., None], jnp.stack([bw, bh], axis=-1), 0.0)
-  reg = jnp.where(valid[..., None], ct - ct_int.astype(jnp.float32), 0.0)
-  return {'hm': hm, 'ind': ind, 'wh': wh, 'reg': reg, 'reg_mask': valid.astype(jnp.float32)}
+  return {'valid': valid, 'radius': radius, 'ct': ct, 'ct_int': ct_int,
+          'wh': jnp.stack([bw, bh], axis=-1)}
 
 
 def ctdet_loss(
@@ -299,3 +328,35 @@ def make_merge(config: ml_collections.ConfigDict) -> Callable[[dict], dict]:
     (the scales concatenated along N) -> K of each plus valid [B, K].
   """
   return nms.make_nms(config.eval)
+
+
+def coco_results(dets: Mapping[str, np.ndarray], image_id: int, category_ids: Sequence[int],
+                 config: ml_collections.ConfigDict) -> list[dict]:
+  """COCO box results of one image (official ``convert_eval_format``).
+
+  Entries scoring <= 0 (CornerNet's rejected pairs, entries soft-NMS suppressed, padding) are
+  left out; bbox and score are rounded to 2 decimals with ``eval.round_results``.
+
+  Args:
+    dets: one image's detections in original pixels: boxes [K, 4], scores [K], classes [K].
+    image_id: its COCO image id.
+    category_ids: contiguous label -> original category id.
+    config: the experiment config.
+  """
+  from centernet_jax.evaluation import coco as coco_eval
+
+  keep = np.asarray(dets['scores']) > 0
+  return coco_eval.detections_to_coco(
+      np.asarray(dets['boxes'])[keep], np.asarray(dets['scores'])[keep],
+      np.asarray(dets['classes'])[keep], image_id, category_ids,
+      round_results=config.eval.round_results)
+
+
+def evaluate(gt, results: Sequence[Mapping], image_ids: Sequence[int],
+             config: ml_collections.ConfigDict, log: Callable[[str], object] | None = print
+             ) -> dict[str, float]:
+  """COCO box AP/AR of ``results`` over ``image_ids`` (every image of the split)."""
+  del config
+  from centernet_jax.evaluation import coco as coco_eval
+
+  return coco_eval.evaluate_detections(gt, results, image_ids=image_ids, log=log)

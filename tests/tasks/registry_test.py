@@ -11,10 +11,12 @@ from centernet_jax import config_lib, tasks
 # name -> the parameters its signature must have (contract of tasks/__init__.py).
 CONTRACT = {
     'add_config': ['c'],
-    'heads': ['num_classes'],
+    'heads': ['num_classes', 'config'],
     'make_train_step': ['config', 'model', 'tx', 'schedule'],
     'make_predict_fn': ['config', 'model', 'merge_later'],
     'make_merge': ['config'],
+    'coco_results': ['dets', 'image_id', 'category_ids', 'config'],
+    'evaluate': ['gt', 'results', 'image_ids', 'config', 'log'],
 }
 
 
@@ -35,19 +37,24 @@ def test_task_module_has_the_contract_names(name):
 @pytest.mark.parametrize('name', sorted(tasks.TASKS))
 def test_heads_and_config_keys(name):
   task = tasks.get(name)
-  heads = task.heads(7)
+  heads = task.heads(7, config_lib.base_config(name))
   assert len({h for h, _ in heads}) == len(heads) and all(c > 0 for _, c in heads)
   assert any(c == 7 for _, c in heads)
-  # Besides config.task itself, add_config only adds keys to the loss and eval sections.
+  # Besides config.task itself, add_config only adds keys to the loss and eval sections, and
+  # data keys (pose: joints, flip pairs) with the task's official data defaults.
   shared = config_lib.base_config(name).to_dict()
   for section in shared:
-    if section not in ('task', 'loss', 'eval'):
-      for other in tasks.TASKS:
-        assert config_lib.base_config(other).to_dict()[section] == shared[section], section
+    for other in tasks.TASKS:
+      theirs = config_lib.base_config(other).to_dict()[section]
+      if section == 'data':
+        assert set(theirs) & set(shared[section]) >= set(config_lib.base_config().data), other
+      elif section not in ('task', 'loss', 'eval'):
+        assert theirs == shared[section], section
 
 
 def test_unknown_task_names_config_task_and_the_known_tasks():
-  with pytest.raises(ValueError, match=r"config.task='pose'.*\['cornernet', 'ctdet'\]"):
+  known = r"\['cornernet', 'ctdet', 'multi_pose'\]"
+  with pytest.raises(ValueError, match=r"config.task='pose'.*" + known):
     tasks.get('pose')
   with pytest.raises(ValueError, match='config.task'):
     config_lib.base_config('pose')
