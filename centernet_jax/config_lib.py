@@ -171,7 +171,7 @@ def coco_config(*, task: str, arch: str, depth: int, batch_size: int, lr: float
   c.model.depth = depth
   c.model.dtype = 'bfloat16'
   c.model.num_classes = COCO_NUM_CLASSES
-  c.model.heads = tasks.get(task).heads(COCO_NUM_CLASSES)
+  c.model.heads = tasks.get(task).heads(COCO_NUM_CLASSES, c)
   c.train.batch_size = batch_size
   c.optim.lr = lr
   c.train.num_epochs = 140

@@ -49,10 +49,15 @@ HOST_KEYS = ('image_id', 'skipped')  # batch entries that stay on the host (mess
 
 
 def checkpoint_meta(config: ml_collections.ConfigDict, info) -> dict:
-  """What a checkpoint records about the task, the model and the label space."""
-  return {'task': config.task, 'model': config.model.to_dict(),
+  """What a checkpoint records about the task, the model and the label space (pose: the joint
+  names and the skeleton, which predict draws)."""
+  meta = {'task': config.task, 'model': config.model.to_dict(),
           'class_names': list(info.class_names),
           'category_ids': [int(c) for c in info.category_ids]}
+  if getattr(info, 'keypoint_names', None):
+    meta['keypoint_names'] = list(info.keypoint_names)
+    meta['skeleton'] = [[int(a), int(b)] for a, b in info.skeleton or ()]
+  return meta
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -222,5 +222,6 @@ def test_unset_paths_and_unknown_source():
   with pytest.raises(DataError, match='config.data.train_annotations'):
     pipeline.get_dataset_info(cfg)
   cfg.source = 'voc'
-  with pytest.raises(DataError, match="source must be 'coco_json', 'shapes' or 'tfds'"):
+  with pytest.raises(DataError,
+                     match="source must be 'coco_json', 'shapes', 'shapes_pose' or 'tfds'"):
     pipeline.get_dataset_info(cfg)

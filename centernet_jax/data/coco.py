@@ -11,6 +11,12 @@ naming the annotation id and the image file, and counted (``CocoData.num_degener
 category, malformed bbox, missing field, repeated id) is skipped the same way and counted
 (``CocoData.num_invalid``) instead, and the load fails only if more than that fraction of the
 annotations is bad (:class:`~centernet_jax.data.errors.InvalidAnnotations`).
+
+Person keypoints (``num_joints`` set: the multi_pose task): every category used must list
+``num_joints`` joint names in 'keypoints' (its 1-based 'skeleton' becomes 0-based pairs), and
+every annotation must carry 'keypoints' = [x1, y1, v1, ...], 3 * ``num_joints`` finite numbers
+with visibility v in {0, 1, 2}; an annotation that does not is invalid (skipped within the
+budget in training, an error otherwise).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class ImageRecord:
   boxes: np.ndarray  # [N, 4] float32 xyxy
   labels: np.ndarray  # [N] int32
   iscrowd: np.ndarray  # [N] bool
+  keypoints: np.ndarray | None = None  # [N, J, 3] float32 (x, y, v); None without num_joints
 
 
 @dataclasses.dataclass
@@ -73,6 +80,9 @@ class CocoData:
   images: list[ImageRecord]
   num_degenerate: int = 0
   num_invalid: int = 0  # annotations skipped for failing validation (max_bad_fraction set)
+  keypoint_names: list[str] | None = None  # J joint names (num_joints set), else None
+  skeleton: list[tuple[int, int]] | None = None  # 0-based joint pairs (num_joints set)
+  num_empty_skipped: int = 0  # images left out for having no object (skip_empty)
 
 
 def read_json(path: str) -> dict:
@@ -128,8 +138,9 @@ def check_categories(path: str, data: dict) -> tuple[list[int], list[str]]:
 
 
 def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None = None,
-              check_files: bool = True, max_bad_fraction: float | None = None) -> CocoData:
-  """Loads and checks a COCO instances file.
+              check_files: bool = True, max_bad_fraction: float | None = None,
+              num_joints: int | None = None, skip_empty: bool = False) -> CocoData:
+  """Loads and checks a COCO instances (or person keypoints) file.
 
   Args:
     ann_file: path of the instances json.
@@ -140,10 +151,15 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
     max_bad_fraction: None: an annotation failing validation is an error. A number: such
       annotations are skipped, each logged with the file and the annotation, and counted; a
       DataError only if more than this fraction of the annotations is bad.
+    num_joints: J, the joints of a person keypoints file (``config.data.num_joints``); None:
+      boxes only (keypoints in the file are ignored, with one warning).
+    skip_empty: leave out the images without any object (the official multi_pose training
+      set; ``config.data.skip_empty_train_images``), logged with the count.
 
   Returns:
     CocoData with one ImageRecord per entry of 'images' (same order; images without objects
-    are kept, as in the official code). Evaluation reads ``ann_file`` itself with pycocotools.
+    are kept unless ``skip_empty``, as in the official code). Evaluation reads ``ann_file``
+    itself with pycocotools.
   """
   data = read_json(ann_file)
   file_ids, file_names = check_categories(ann_file, data)
@@ -156,6 +172,13 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
                       f'categories {list(category_ids)}')
     class_names = None
   label_of = {cid: i for i, cid in enumerate(category_ids)}
+  keypoint_names = skeleton = None
+  if num_joints is not None:
+    keypoint_names, skeleton = check_keypoint_categories(ann_file, data, num_joints)
+  elif any(isinstance(a, dict) and 'keypoints' in a for a in data['annotations']):
+    logging.warning("%s: the annotations carry 'keypoints' but config.data has no num_joints, "
+                    'so this task trains boxes only; for keypoints use a multi_pose config '
+                    "(config_lib.base_config('multi_pose'))", ann_file)
 
   images, by_id = [], {}
   for k, img in enumerate(data['images']):
@@ -169,7 +192,7 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
     if image_id in by_id:
       raise DataError(f'{ann_file}: image id {image_id} appears twice ({file_name})')
     rec = ImageRecord(image_id, file_name, os.path.join(image_dir, file_name), int(width),
-                      int(height), [], [], [])
+                      int(height), [], [], [], None if num_joints is None else [])
     by_id[image_id] = rec
     images.append(rec)
 
@@ -179,7 +202,7 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
   for k, ann in enumerate(data['annotations']):
     try:
       num_degenerate += _add_annotation(ann_file, k, ann, by_id, label_of, category_ids,
-                                        seen_ann_ids, num_degenerate)
+                                        seen_ann_ids, num_degenerate, num_joints)
     except DataError as e:
       invalid.add(e)
   num_invalid = invalid.finish(len(data['annotations']))
@@ -191,6 +214,15 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
     rec.boxes = np.asarray(rec.boxes, np.float32).reshape(-1, 4)
     rec.labels = np.asarray(rec.labels, np.int32)
     rec.iscrowd = np.asarray(rec.iscrowd, bool)
+    if num_joints is not None:
+      rec.keypoints = np.asarray(rec.keypoints, np.float32).reshape(-1, num_joints, 3)
+  num_empty = 0
+  if skip_empty:
+    kept = [rec for rec in images if len(rec.labels)]
+    num_empty = len(images) - len(kept)
+    images = kept
+    logging.info('%s: left out %d images without objects, training on %d '
+                 '(config.data.skip_empty_train_images)', ann_file, num_empty, len(images))
   if check_files:
     check_image_files(ann_file, images)
 
@@ -198,11 +230,71 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
     names = dict(zip(file_ids, file_names, strict=True))
     class_names = [names.get(cid, str(cid)) for cid in category_ids]
   return CocoData(ann_file, image_dir, list(category_ids), class_names, images, num_degenerate,
-                  num_invalid)
+                  num_invalid, keypoint_names, skeleton, num_empty)
+
+
+def check_keypoint_categories(path: str, data: dict, num_joints: int
+                              ) -> tuple[list[str], list[tuple[int, int]]]:
+  """Checks the joint names and skeleton of the categories a keypoints file uses.
+
+  The categories used are those the annotations refer to (all of them if there is no
+  annotation). Each must list ``num_joints`` joint names in 'keypoints'.
+
+  Returns:
+    The joint names and the skeleton as 0-based pairs (empty without 'skeleton') of the first
+    category used.
+
+  Raises:
+    DataError: naming the file and the category id.
+  """
+  cats = {c['id']: c for c in data['categories']}
+  used = sorted({a.get('category_id') for a in data['annotations']
+                 if isinstance(a, dict) and a.get('category_id') in cats}) or sorted(cats)
+  hint = (f'config.data.num_joints={num_joints} needs a person keypoints file (e.g. '
+          'person_keypoints_train2017.json) whose categories list their joints')
+  for cid in used:
+    names = cats[cid].get('keypoints')
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+      raise DataError(f"{path}: category id {cid} has no 'keypoints' list of joint names; "
+                      f'{hint}')
+    if len(names) != num_joints:
+      raise DataError(f'{path}: category id {cid} lists {len(names)} joints in '
+                      f"'keypoints', but config.data.num_joints={num_joints}")
+  first = cats[used[0]]
+  pairs = first.get('skeleton', [])
+  if not isinstance(pairs, list) or not all(
+      isinstance(p, list) and len(p) == 2 and all(
+          isinstance(j, int) and not isinstance(j, bool) and 1 <= j <= num_joints for j in p)
+      for p in pairs):
+    raise DataError(f"{path}: category id {used[0]} has 'skeleton' = {pairs!r}; expected "
+                    f'pairs of 1-based joint numbers in 1..{num_joints}')
+  return list(first['keypoints']), [(a - 1, b - 1) for a, b in pairs]
+
+
+def _finite(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _keypoints(ann_file: str, what: str, ann: dict, num_joints: int) -> list[list[float]]:
+  """The [J, 3] keypoints of one annotation, checked (DataError naming it otherwise)."""
+  kps = _field(ann_file, what, ann, 'keypoints', list)
+  expected = (f'expected 3 * config.data.num_joints = {3 * num_joints} finite numbers '
+              '[x1, y1, v1, ...]')
+  if len(kps) != 3 * num_joints:
+    raise DataError(f"{ann_file}: {what} has {len(kps)} numbers in 'keypoints'; {expected}")
+  bad = [v for v in kps if not _finite(v)]
+  if bad:
+    raise DataError(f"{ann_file}: {what} has {bad[0]!r} in 'keypoints'; {expected}")
+  joints = [[float(v) for v in kps[3 * j:3 * j + 3]] for j in range(num_joints)]
+  bad_v = [v for _, _, v in joints if v not in (0.0, 1.0, 2.0)]
+  if bad_v:
+    raise DataError(f"{ann_file}: {what} has visibility {bad_v[0]!r} in 'keypoints'; "
+                    'expected 0 (not labelled), 1 (labelled, hidden) or 2 (visible)')
+  return joints
 
 
 def _add_annotation(ann_file, k, ann, by_id, label_of, category_ids, seen_ann_ids,
-                    num_degenerate) -> int:
+                    num_degenerate, num_joints=None) -> int:
   """Checks annotation k and appends it to its image; returns 1 if it was degenerate."""
   ann_id = _field(ann_file, f'annotations[{k}]', ann, 'id', int)
   what = f'annotation id {ann_id}'
@@ -220,10 +312,10 @@ def _add_annotation(ann_file, k, ann, by_id, label_of, category_ids, seen_ann_id
     raise DataError(f'{ann_file}: {what} has category_id {cid}, which is not in '
                     f"'categories' (ids {list(category_ids)})")
   bbox = _field(ann_file, what, ann, 'bbox', list)
-  if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                               and math.isfinite(v) for v in bbox):
+  if len(bbox) != 4 or not all(_finite(v) for v in bbox):
     raise DataError(f"{ann_file}: {what} has 'bbox' = {bbox!r}; expected 4 finite numbers "
                     '[x, y, width, height]')
+  joints = None if num_joints is None else _keypoints(ann_file, what, ann, num_joints)
   x, y, w, h = (float(v) for v in bbox)
   if w <= 0 or h <= 0:
     if num_degenerate < MAX_WARNINGS:
@@ -233,6 +325,8 @@ def _add_annotation(ann_file, k, ann, by_id, label_of, category_ids, seen_ann_id
   rec.boxes.append((x, y, x + w, y + h))
   rec.labels.append(label_of[cid])
   rec.iscrowd.append(bool(ann.get('iscrowd', 0)))
+  if joints is not None:
+    rec.keypoints.append(joints)
   return 0
 
 

@@ -12,14 +12,15 @@ import ml_collections
 COCO_MEAN_BGR = (0.40789654, 0.44719302, 0.47026115)
 COCO_STD_BGR = (0.28863828, 0.27408164, 0.27809835)
 
-SOURCES = ('coco_json', 'shapes', 'tfds')
+SOURCES = ('coco_json', 'shapes', 'shapes_pose', 'tfds')
 MAX_OBJS_POLICIES = ('visible_first', 'first')
 
 
 def data_config() -> ml_collections.ConfigDict:
   """The ``config.data`` section: source, paths, sizes, augmentation, normalisation."""
   d = ml_collections.ConfigDict()
-  # 'coco_json' (instances json + image folder), 'tfds' (tfds_name) or 'shapes' (built-in).
+  # 'coco_json' (instances json + image folder), 'tfds' (tfds_name), 'shapes' (built-in) or
+  # 'shapes_pose' (built-in stick figures with 17 COCO joints, for multi_pose).
   d.source = 'shapes'
   d.train_annotations = ''
   d.train_images = ''
@@ -31,7 +32,8 @@ def data_config() -> ml_collections.ConfigDict:
   d.tfds_data_dir = ''
   d.tfds_train_split = 'train'
   d.tfds_val_split = 'validation'
-  # Built-in shapes data set: generated once into shapes_dir (default: ~/.cache/centernet_jax).
+  # Built-in shapes (and shapes_pose) data set: generated once into shapes_dir (default: a
+  # folder named after the parameters in ~/.cache/centernet_jax).
   d.shapes_dir = ''
   d.shapes_num_train = 600
   d.shapes_num_val = 100
@@ -46,6 +48,9 @@ def data_config() -> ml_collections.ConfigDict:
   d.max_objs_policy = 'visible_first'
   # Official CenterNet trains on crowd boxes too (getAnnIds has no iscrowd filter).
   d.train_on_crowd = False
+  # Leave the training images without any object out of the training set (official multi_pose:
+  # the 64,115 train2017 images with a person); evaluation always keeps every image.
+  d.skip_empty_train_images = False
   # Augmentation (official ctdet defaults).
   d.rand_crop = True  # scale from {0.6, ..., 1.3} + random centre; False = gaussian shift/scale
   d.scale_min = 0.6

@@ -159,7 +159,7 @@ def checked_train_batches(ds, describe: Callable[[int], str], fix_hint: str, num
         raise DataError(f'cannot read image file(s); {fix_hint}:\n  ' + '\n  '.join(recent) +
                         f'\n{why}.')
       good = np.flatnonzero(ok)
-      for key in ('image', 'boxes', 'labels', 'mask', 'image_id'):
+      for key in [k for k in batch if k != 'skipped']:
         values = batch[key].copy()
         values[bad] = values[good[np.searchsorted(good, bad) % len(good)]]
         batch[key] = values

@@ -1,7 +1,9 @@
 """Input pipelines: data set information, training and evaluation iterators, predict inputs.
 
-Every source (``config.data.source``: 'coco_json', 'shapes' or 'tfds'; :mod:`.sources`) is
-read the same way: example index -> read -> decode -> transform -> batch.
+Every source (``config.data.source``: 'coco_json', 'shapes', 'shapes_pose' or 'tfds';
+:mod:`.sources`) is read the same way: example index -> read -> decode -> transform -> batch.
+With ``config.data.num_joints`` (the multi_pose task) training batches also carry the people's
+keypoints.
 
 Training stream. Element ``i = step * global_batch + row`` of the global stream is example
 ``index_shuffle(i % N, seed=(seed, i // N))``: a fresh stateless permutation per epoch, no
@@ -56,6 +58,10 @@ class DatasetInfo:
   val_data: coco.CocoData | None = dataclasses.field(default=None, repr=False)
   train_source: sources.Source | None = dataclasses.field(default=None, repr=False)
   val_source: sources.Source | None = dataclasses.field(default=None, repr=False)
+  # Person keypoints (config.data.num_joints set): the J joint names and the skeleton as 0-based
+  # joint pairs, from the training file's category; None for a box data set.
+  keypoint_names: list[str] | None = None
+  skeleton: list[tuple[int, int]] | None = None
 
 
 def get_dataset_info(data_cfg, workdir: str | None = None) -> DatasetInfo:
@@ -71,11 +77,14 @@ def get_dataset_info(data_cfg, workdir: str | None = None) -> DatasetInfo:
   """
   del workdir
   train, val = sources.open_splits(data_cfg)
+  keypoints = train.coco_data is not None and train.coco_data.keypoint_names is not None
   return DatasetInfo(
       num_classes=len(train.category_ids), class_names=train.class_names,
       category_ids=train.category_ids, val_gt=val.coco_gt(), val_image_ids=val.image_ids(),
       num_train=len(train), num_val=len(val), source=train.kind, train_data=train.coco_data,
-      val_data=val.coco_data, train_source=train, val_source=val)
+      val_data=val.coco_data, train_source=train, val_source=val,
+      keypoint_names=list(train.coco_data.keypoint_names) if keypoints else None,
+      skeleton=list(train.coco_data.skeleton) if keypoints else None)
 
 
 def _train_kwargs(data_cfg) -> dict:
@@ -85,7 +94,8 @@ def _train_kwargs(data_cfg) -> dict:
       rand_crop=data_cfg.rand_crop, shift=data_cfg.shift, scale=data_cfg.scale,
       flip=data_cfg.flip, color_aug=data_cfg.color_aug, channel_order=data_cfg.channel_order,
       mean=tuple(data_cfg.mean), std=tuple(data_cfg.std), crop_base=int(data_cfg.crop_base),
-      max_objs_policy=data_cfg.max_objs_policy)
+      max_objs_policy=data_cfg.max_objs_policy,
+      flip_pairs=tuple(tuple(p) for p in data_cfg.get('flip_pairs', ())))
 
 
 def _parallel(data_cfg) -> int:
@@ -130,6 +140,7 @@ def _train_dataset(data_cfg, source: sources.Source, *, global_batch, local_batc
   n = len(source)
   kwargs = _train_kwargs(data_cfg)
   keep_crowd = bool(data_cfg.train_on_crowd)
+  with_keypoints = 'num_joints' in data_cfg
   parallel = _parallel(data_cfg)
   to_global = dict(start_step=start_step, global_batch=global_batch, local_batch=local_batch,
                    process_index=process_index)
@@ -143,9 +154,10 @@ def _train_dataset(data_cfg, source: sources.Source, *, global_batch, local_batc
   def transform(element):
     ex = source.decode(element)
     keep = tf.ones_like(ex['iscrowd']) if keep_crowd else tf.logical_not(ex['iscrowd'])
+    keypoints = tf.boolean_mask(ex['keypoints'], keep) if with_keypoints else None
     out = transforms.train_transform(ex['image'], tf.boolean_mask(ex['boxes'], keep),
                                      tf.boolean_mask(ex['labels'], keep), element['aug_seed'],
-                                     **kwargs)
+                                     keypoints=keypoints, **kwargs)
     out['image_id'] = ex['image_id']
     out[errors.POSITION] = element[errors.POSITION]
     return out
@@ -241,7 +253,10 @@ def create_train_iterator(data_cfg, *, info: DatasetInfo, global_batch_size: int
     M = data.max_objs: image [b, S, S, 3] float32 (normalised), boxes [b, M, 4] float32 xyxy
     in input pixels (not clipped), labels [b, M] int32, mask [b, M] float32 (1 = object),
     image_id [b] int64 (host side: for messages), skipped [b] bool (the row's own image was
-    unreadable and the row repeats another row of the batch).
+    unreadable and the row repeats another row of the batch); with ``data.num_joints`` = J
+    also keypoints [b, M, J, 3] float32 (x, y in input pixels through the boxes' affine and
+    flip with ``data.flip_pairs`` swapped, v the file's visibility 0 / 1 / 2; rows as boxes',
+    padding rows 0).
 
   Raises:
     DataError: (while iterating) the skipped images passed ``data.max_skip_fraction``, or

@@ -7,14 +7,17 @@ pipeline's index stage), so a stream is a pure function of the seed and the posi
 resuming at any step costs nothing.
 
 - :class:`CocoJsonSource`: an instances json and its image folder (``data.source='coco_json'``).
-  The built-in shapes set is such a folder, generated on first use (``data.source='shapes'``).
+  The built-in shapes and shapes_pose sets are such folders, generated on first use
+  (``data.source='shapes'`` / ``'shapes_pose'``).
 - :class:`TfdsSource`: a TFDS split prepared in a random-access file format (array_record),
   read with ``builder.as_data_source``. The records are fetched in chunks of ``READ_CHUNK``
   indices per Python call (ArrayRecord reads them in parallel); parsing and image decoding are
   tf ops, so no Python runs per element.
 
 Canonical features (``Source.decode``): image [H, W, 3] uint8 RGB, boxes [N, 4] float32 xyxy
-pixels, labels [N] int32 contiguous, iscrowd [N] bool, image_id [] int64.
+pixels, labels [N] int32 contiguous, iscrowd [N] bool, image_id [] int64; with person keypoints
+(``config.data.num_joints`` set, COCO-json sources only) also keypoints [N, J, 3] float32
+(x, y pixels, visibility v in {0, 1, 2}).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import os
 
 import numpy as np
 
-from centernet_jax.data import coco, import_tf, shapes
+from centernet_jax.data import coco, import_tf, shapes, shapes_pose
 from centernet_jax.data.errors import DataError, first_line
 
 tf = import_tf()
@@ -137,7 +140,8 @@ class CocoJsonSource(Source):
 
   def tables(self) -> dict:
     """The records as tf constants (built on first use): paths [N], object offsets [N + 1],
-    boxes [M, 4], labels [M], iscrowd [M], image ids [N]."""
+    boxes [M, 4], labels [M], iscrowd [M], image ids [N]; keypoints [M, J, 3] when the file
+    was loaded with ``num_joints``."""
     if self._tables is None:
       records = self.coco_data.images
       counts = [len(r.labels) for r in records]
@@ -151,6 +155,10 @@ class CocoJsonSource(Source):
           'iscrowd': tf.constant(np.concatenate([r.iscrowd for r in records] +
                                                 [np.zeros((0,), bool)])),
           'image_ids': tf.constant([r.image_id for r in records], tf.int64)}
+      if self.coco_data.keypoint_names is not None:
+        num_joints = len(self.coco_data.keypoint_names)
+        self._tables['keypoints'] = tf.constant(np.concatenate(
+            [r.keypoints for r in records] + [np.zeros((0, num_joints, 3), np.float32)]))
     return self._tables
 
   def read(self, ds, num_parallel_calls: int):
@@ -162,9 +170,12 @@ class CocoJsonSource(Source):
     t = self.tables()
     index = element['index']
     lo, hi = t['offsets'][index], t['offsets'][index + 1]
-    return {'image': decode_image(element['record']), 'boxes': t['boxes'][lo:hi],
-            'labels': t['labels'][lo:hi], 'iscrowd': t['iscrowd'][lo:hi],
-            'image_id': t['image_ids'][index]}
+    out = {'image': decode_image(element['record']), 'boxes': t['boxes'][lo:hi],
+           'labels': t['labels'][lo:hi], 'iscrowd': t['iscrowd'][lo:hi],
+           'image_id': t['image_ids'][index]}
+    if 'keypoints' in t:
+      out['keypoints'] = t['keypoints'][lo:hi]
+    return out
 
   def describe(self, index: int) -> str:
     rec = self.coco_data.images[index]
@@ -184,6 +195,21 @@ def default_shapes_dir(data_cfg) -> str:
   return os.path.join(os.path.expanduser('~'), '.cache', 'centernet_jax', name)
 
 
+def default_shapes_pose_dir(data_cfg) -> str:
+  """~/.cache/centernet_jax/shapes_pose_v<version>_<size>_<train>_<val>_<seed>."""
+  name = (f'shapes_pose_v{shapes_pose.VERSION}_{data_cfg.shapes_image_size}_'
+          f'{data_cfg.shapes_num_train}_{data_cfg.shapes_num_val}_{data_cfg.shapes_seed}')
+  return os.path.join(os.path.expanduser('~'), '.cache', 'centernet_jax', name)
+
+
+def _shapes_pose_paths(data_cfg) -> dict:
+  """The built-in shapes_pose set (stick figures, 17 COCO joints), generated if needed."""
+  return shapes_pose.ensure(data_cfg.shapes_dir or default_shapes_pose_dir(data_cfg),
+                            num_train=data_cfg.shapes_num_train,
+                            num_val=data_cfg.shapes_num_val,
+                            image_size=data_cfg.shapes_image_size, seed=data_cfg.shapes_seed)
+
+
 def _shapes_paths(data_cfg) -> dict:
   """The built-in shapes set: a COCO-json folder, generated unless it is already there."""
   return shapes.ensure(data_cfg.shapes_dir or default_shapes_dir(data_cfg),
@@ -201,14 +227,17 @@ def _coco_json_paths(data_cfg) -> dict:
   return paths
 
 
-_COCO_JSON_FOLDERS = {'coco_json': _coco_json_paths, 'shapes': _shapes_paths}
+_COCO_JSON_FOLDERS = {'coco_json': _coco_json_paths, 'shapes': _shapes_paths,
+                      'shapes_pose': _shapes_pose_paths}
 
 
-def _open_coco_json(paths: dict, max_skip_fraction: float) -> tuple[Source, Source]:
+def _open_coco_json(paths: dict, max_skip_fraction: float, num_joints: int | None,
+                    skip_empty: bool) -> tuple[Source, Source]:
   train = coco.load_coco(paths['train_annotations'], paths['train_images'],
-                         max_bad_fraction=max_skip_fraction)
+                         max_bad_fraction=max_skip_fraction, num_joints=num_joints,
+                         skip_empty=skip_empty)
   val = coco.load_coco(paths['val_annotations'], paths['val_images'],
-                       category_ids=train.category_ids)
+                       category_ids=train.category_ids, num_joints=num_joints)
   return CocoJsonSource(train), CocoJsonSource(val)
 
 
@@ -364,21 +393,58 @@ def _open_tfds(data_cfg) -> tuple[Source, Source]:
                for split in (data_cfg.tfds_train_split, data_cfg.tfds_val_split))
 
 
+def check_keypoint_config(data_cfg) -> int | None:
+  """``config.data.num_joints`` (None when absent: boxes only), checked with its flip_pairs.
+
+  Raises:
+    DataError: num_joints not a positive integer, or flip_pairs not pairs of distinct joints
+      in [0, num_joints), each joint in at most one pair.
+  """
+  if 'num_joints' not in data_cfg:
+    return None
+  num_joints = data_cfg.num_joints
+  if not isinstance(num_joints, int) or isinstance(num_joints, bool) or num_joints <= 0:
+    raise DataError(f'config.data.num_joints must be a positive integer, got {num_joints!r}')
+  pairs = tuple(tuple(p) for p in data_cfg.get('flip_pairs', ()))
+  joints = [j for p in pairs for j in p]
+  if (not all(len(p) == 2 for p in pairs)
+      or not all(isinstance(j, int) and 0 <= j < num_joints for j in joints)
+      or len(set(joints)) != len(joints)):
+    raise DataError(f'config.data.flip_pairs={pairs!r} must be pairs of distinct 0-based joint '
+                    f'indices in [0, {num_joints}) (config.data.num_joints), each joint in at '
+                    'most one pair')
+  return num_joints
+
+
 def open_splits(data_cfg) -> tuple[Source, Source]:
   """The training and validation sources of ``config.data`` (annotations read and checked).
 
   Raises:
     DataError: an unknown ``data.source``, unset paths, bad annotation files, a TFDS data set not
-      prepared for random access, or an empty training split.
+      prepared for random access, an empty training split, a bad ``num_joints`` / ``flip_pairs``,
+      or keypoints (or ``skip_empty_train_images``) asked of TFDS.
   """
   source = data_cfg.source
+  num_joints = check_keypoint_config(data_cfg)
+  skip_empty = bool(data_cfg.get('skip_empty_train_images', False))
   if source == 'tfds':
+    if num_joints is not None:
+      raise DataError(
+          f'config.data.num_joints={num_joints} (multi_pose) needs person keypoints, which '
+          f'TFDS {data_cfg.tfds_name} does not hold; use config.data.source=\'coco_json\' with '
+          'config.data.train_annotations=<coco>/annotations/person_keypoints_train2017.json, '
+          'config.data.val_annotations=<coco>/annotations/person_keypoints_val2017.json and '
+          'config.data.train_images / val_images the train2017 / val2017 image folders')
+    if skip_empty:
+      raise DataError("config.data.skip_empty_train_images needs a COCO-json source "
+                      "(config.data.source='coco_json'); with TFDS set it to False")
     train, val = _open_tfds(data_cfg)
   elif source in _COCO_JSON_FOLDERS:
     train, val = _open_coco_json(_COCO_JSON_FOLDERS[source](data_cfg),
-                                 float(data_cfg.max_skip_fraction))
+                                 float(data_cfg.max_skip_fraction), num_joints, skip_empty)
   else:
-    raise DataError(f"config.data.source must be 'coco_json', 'shapes' or 'tfds', got {source!r}")
+    raise DataError("config.data.source must be 'coco_json', 'shapes', 'shapes_pose' or "
+                    f"'tfds', got {source!r}")
   if not len(train):
     raise DataError(f'{train.name}: no images')
   return train, val

@@ -4,7 +4,9 @@ Training (official ``datasets/sample/ctdet.py``): random scale and centre (or th
 ``not_rand_crop`` variant), horizontal flip before the warp, ONE bilinear affine warp onto the
 square input canvas (zero border, as ``cv2.warpAffine``), colour jitter + PCA lighting on
 [0, 1] floats, channel order, mean/std. Boxes go through the same affine and stay in input
-pixels, unclipped: the on-device target code divides by ``down_ratio`` and clips.
+pixels, unclipped: the on-device target code divides by ``down_ratio`` and clips. Person
+keypoints (official ``datasets/sample/multi_pose.py``) follow the boxes: mirrored as
+``x -> W - 1 - x`` with the left / right joints swapped, then the same affine.
 
 Evaluation (official ``detectors/base_detector.py``): ``keep_res`` centre-pads to
 ``(H | pad) + 1`` x ``(W | pad) + 1`` with ``c = (W // 2, H // 2)``, ``s = (inp_w, inp_h)``;
@@ -155,6 +157,36 @@ def hflip_boxes(boxes, width):
   """Official box flip: x1, x2 = W - x2 - 1, W - x1 - 1."""
   w = tf.cast(width, tf.float32)
   return tf.stack([w - boxes[:, 2] - 1, boxes[:, 1], w - boxes[:, 0] - 1, boxes[:, 3]], axis=1)
+
+
+def affine_keypoints(keypoints, trans):
+  """Maps keypoints [N, J, 3] (x, y, v) through a [2, 3] affine; v is kept -> [N, J, 3]."""
+  xy = tf.einsum('njk,ik->nji', keypoints[..., :2], trans[:, :2]) + trans[:, 2]
+  return tf.concat([xy, keypoints[..., 2:]], axis=-1)
+
+
+def flip_permutation(num_joints: int, flip_pairs: Sequence[Sequence[int]]) -> np.ndarray:
+  """[J] int32 joint order after a mirror: ``perm[a] = b`` and ``perm[b] = a`` per pair."""
+  perm = np.arange(num_joints, dtype=np.int32)
+  for a, b in flip_pairs:
+    perm[a], perm[b] = b, a
+  return perm
+
+
+def hflip_keypoints(keypoints, width, flip_pairs: Sequence[Sequence[int]]):
+  """Official keypoint flip: ``x -> W - 1 - x``, then the joints of each pair swapped.
+
+  Args:
+    keypoints: [N, J, 3] float32 (x, y, v) with a static J.
+    width: image width.
+    flip_pairs: 0-based (left, right) joint pairs.
+
+  Returns:
+    [N, J, 3] float32: joint ``a`` of a pair holds what joint ``b`` held, mirrored.
+  """
+  w = tf.cast(width, tf.float32)
+  mirrored = tf.concat([w - 1 - keypoints[..., :1], keypoints[..., 1:]], axis=-1)
+  return tf.gather(mirrored, flip_permutation(keypoints.shape[1], flip_pairs), axis=1)
 
 
 # --- Training ----------------------------------------------------------------------------------
@@ -315,22 +347,20 @@ def to_channel_order(image, channel_order: str):
 MAX_OBJS_POLICIES = ('visible_first', 'first')
 
 
-def pad_objects(boxes, labels, max_objs: int, canvas_hw, policy: str = 'visible_first'):
-  """Pads / truncates objects to ``max_objs`` with a mask.
+def object_order(boxes, max_objs: int, canvas_hw, policy: str = 'visible_first'):
+  """Which objects survive ``max_objs`` and in what order (docs/parity.md 4.3).
 
   Args:
     boxes: [N, 4] float32 xyxy on the canvas.
-    labels: [N] int32.
     max_objs: padded length.
     canvas_hw: (h, w) of the canvas.
-    policy: which objects survive when N > max_objs (docs/parity.md 4.3).
-      'visible_first' (ours): objects that stay visible on the canvas come first (stable order),
-      so truncation drops objects the crop removed before visible ones. 'first' (official): the
-      first ``max_objs`` in annotation order, visible or not (the official loop reads
-      ``min(len(anns), max_objs)`` annotations, then skips those the crop removed).
+    policy: 'visible_first' (ours): objects that stay visible on the canvas come first (stable
+      order), so truncation drops objects the crop removed before visible ones. 'first'
+      (official): the first ``max_objs`` in annotation order, visible or not (the official loop
+      reads ``min(len(anns), max_objs)`` annotations, then skips those the crop removed).
 
   Returns:
-    boxes [max_objs, 4] float32, labels [max_objs] int32, mask [max_objs] float32.
+    [min(N, max_objs)] int32 indices into the objects.
   """
   if policy == 'visible_first':
     h = tf.cast(canvas_hw[0], tf.float32)
@@ -338,21 +368,39 @@ def pad_objects(boxes, labels, max_objs: int, canvas_hw, policy: str = 'visible_
     vis_w = tf.minimum(boxes[:, 2], w - 1) - tf.maximum(boxes[:, 0], 0.0)
     vis_h = tf.minimum(boxes[:, 3], h - 1) - tf.maximum(boxes[:, 1], 0.0)
     hidden = tf.cast(tf.logical_not((vis_w > 0) & (vis_h > 0)), tf.int32)
-    order = tf.argsort(hidden, stable=True)[:max_objs]
-  elif policy == 'first':
-    order = tf.range(tf.minimum(tf.shape(boxes)[0], max_objs))
-  else:
-    raise ValueError(f'config.data.max_objs_policy must be one of {MAX_OBJS_POLICIES}, '
-                     f'got {policy!r}')
-  boxes = tf.gather(boxes, order)
-  labels = tf.gather(tf.cast(labels, tf.int32), order)
-  k = tf.shape(order)[0]
-  boxes = tf.pad(boxes, [[0, max_objs - k], [0, 0]])
-  labels = tf.pad(labels, [[0, max_objs - k]])
-  mask = tf.sequence_mask(k, max_objs, dtype=tf.float32)
-  boxes.set_shape([max_objs, 4])
-  labels.set_shape([max_objs])
-  return boxes, labels, mask
+    return tf.argsort(hidden, stable=True)[:max_objs]
+  if policy == 'first':
+    return tf.range(tf.minimum(tf.shape(boxes)[0], max_objs))
+  raise ValueError(f'config.data.max_objs_policy must be one of {MAX_OBJS_POLICIES}, '
+                   f'got {policy!r}')
+
+
+def pad_rows(values, order, max_objs: int):
+  """``values[order]`` zero-padded to ``max_objs`` rows: [N, ...] -> [max_objs, ...]."""
+  rows = tf.gather(values, order)
+  pad = [[0, max_objs - tf.shape(order)[0]]] + [[0, 0]] * (len(values.shape) - 1)
+  rows = tf.pad(rows, pad)
+  rows.set_shape([max_objs] + values.shape[1:].as_list())
+  return rows
+
+
+def pad_objects(boxes, labels, max_objs: int, canvas_hw, policy: str = 'visible_first'):
+  """Pads / truncates objects to ``max_objs`` with a mask (order: :func:`object_order`).
+
+  Args:
+    boxes: [N, 4] float32 xyxy on the canvas.
+    labels: [N] int32.
+    max_objs: padded length.
+    canvas_hw: (h, w) of the canvas.
+    policy: which objects survive when N > max_objs (:func:`object_order`).
+
+  Returns:
+    boxes [max_objs, 4] float32, labels [max_objs] int32, mask [max_objs] float32.
+  """
+  order = object_order(boxes, max_objs, canvas_hw, policy)
+  mask = tf.sequence_mask(tf.shape(order)[0], max_objs, dtype=tf.float32)
+  return (pad_rows(boxes, order, max_objs),
+          pad_rows(tf.cast(labels, tf.int32), order, max_objs), mask)
 
 
 def train_transform(image, boxes, labels, seed, *, input_size: int, max_objs: int,
@@ -360,8 +408,9 @@ def train_transform(image, boxes, labels, seed, *, input_size: int, max_objs: in
                     scale: float = 0.4, flip: float = 0.5, color_aug: bool = True,
                     channel_order: str = 'BGR', mean: Sequence[float] = (0.0, 0.0, 0.0),
                     std: Sequence[float] = (1.0, 1.0, 1.0), crop_base: int = 0,
-                    max_objs_policy: str = 'visible_first') -> dict:
-  """Official ctdet training pre-processing of one image.
+                    max_objs_policy: str = 'visible_first', keypoints=None,
+                    flip_pairs: Sequence[Sequence[int]] = ()) -> dict:
+  """Official ctdet (and multi_pose) training pre-processing of one image.
 
   Args:
     image: [H, W, 3] uint8 RGB.
@@ -370,12 +419,16 @@ def train_transform(image, boxes, labels, seed, *, input_size: int, max_objs: in
     seed: [2] int64 stateless seed of this element.
     input_size: side S of the square network input.
     max_objs: objects padded / truncated to this.
-    max_objs_policy: which objects survive the truncation (:func:`pad_objects`).
+    max_objs_policy: which objects survive the truncation (:func:`object_order`).
+    keypoints: [N, J, 3] float32 (x, y pixels, v) of the same objects, static J, or None.
+    flip_pairs: 0-based (left, right) joint pairs swapped by the flip.
     (others: see ``data.config.data_config``.)
 
   Returns:
     dict(image [S, S, 3] float32 normalised, boxes [max_objs, 4] float32 xyxy in input pixels
-    (unclipped), labels [max_objs] int32, mask [max_objs] float32).
+    (unclipped), labels [max_objs] int32, mask [max_objs] float32) and, with ``keypoints``,
+    keypoints [max_objs, J, 3] float32: x, y in input pixels (unclipped, every joint through
+    the affine whatever v), v unchanged, rows in the order of the boxes, padding rows 0.
   """
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
@@ -401,9 +454,17 @@ def train_transform(image, boxes, labels, seed, *, input_size: int, max_objs: in
   inp = tf.nn.bias_add(tf.nn.conv2d(inp[None], m[None, None], 1, 'VALID'), b)[0]
   inp.set_shape([input_size, input_size, 3])
 
-  boxes, labels, mask = pad_objects(affine_boxes(boxes, trans), labels, max_objs,
-                                    (input_size, input_size), max_objs_policy)
-  return {'image': inp, 'boxes': boxes, 'labels': labels, 'mask': mask}
+  boxes = affine_boxes(boxes, trans)
+  order = object_order(boxes, max_objs, (input_size, input_size), max_objs_policy)
+  out = {'image': inp, 'boxes': pad_rows(boxes, order, max_objs),
+         'labels': pad_rows(tf.cast(labels, tf.int32), order, max_objs),
+         'mask': tf.sequence_mask(tf.shape(order)[0], max_objs, dtype=tf.float32)}
+  if keypoints is not None:
+    keypoints = tf.cast(keypoints, tf.float32)
+    keypoints = tf.cond(flipped, lambda: hflip_keypoints(keypoints, width, flip_pairs),
+                        lambda: keypoints)
+    out['keypoints'] = pad_rows(affine_keypoints(keypoints, trans), order, max_objs)
+  return out
 
 
 # --- Evaluation ----------------------------------------------------------------------------
