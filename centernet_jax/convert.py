@@ -14,7 +14,10 @@ Formats and architectures (``FORMATS``, gathered from the ``TORCH_CHECKPOINTS`` 
 each model, which also states that model's PyTorch name rules):
   centernet     official CenterNet ctdet models: res_{18,34,50,101,152} (msra_resnet),
                 resdcn_{18,34,50,101,152}, dla_34 (the unused ImageNet ``base.fc`` is dropped),
-                hourglass (Hourglass-104, two stacks).
+                hourglass (Hourglass-104, two stacks); the multi_pose zoo models
+                (``multi_pose_dla_{1x,3x}.pth`` as dla_34, ``multi_pose_hg_{1x,3x}.pth`` as
+                hourglass: heads hm, wh, hps, reg, hm_hp, hp_offset read from the file, class
+                table COCO's person) for ``configs/multi_pose_*_coco.py``.
   cornernet     official CornerNet (princeton-vl/CornerNet) Hourglass-104: hg104.
   mmdet         mmdetection CenterNet: resnet18_dcnv2 (CTResNetNeck use_dcn=True), resnet18;
                 mmdetection CornerNet: cornernet_hg104 (HourglassNet + CornerHead).
@@ -373,14 +376,22 @@ def load_state_dict(path: str) -> dict[str, Any]:
   return unwrap_state_dict(obj, path)
 
 
-def class_table(num_classes: int, class_names: list[str] | None = None
-                ) -> tuple[list[str], list[int]]:
-  """(class names, category ids): COCO's 80 for 80-class models unless names are given."""
+def is_keypoint_model(heads: Sequence[tuple[str, int]]) -> bool:
+  """Whether ``heads`` are a multi_pose model's (a joint offset head ``hps``)."""
+  return any(name == 'hps' for name, _ in heads)
+
+
+def class_table(num_classes: int, class_names: list[str] | None = None, *,
+                keypoints: bool = False) -> tuple[list[str], list[int]]:
+  """(class names, category ids) unless names are given: COCO's 80 for 80-class models, COCO's
+  person (category 1 of person_keypoints_*.json) for a one-class keypoint model."""
   if class_names:
     if len(class_names) != num_classes:
       raise ConversionError(f'--class_names has {len(class_names)} names, the model predicts '
                             f'{num_classes} classes')
     return list(class_names), list(range(1, num_classes + 1))
+  if keypoints and num_classes == 1:
+    return ['person'], [1]
   if num_classes == 80:
     from centernet_jax.data.coco import COCO_2017_CATEGORIES
     return [n for _, n in COCO_2017_CATEGORIES], [i for i, _ in COCO_2017_CATEGORIES]
@@ -393,7 +404,8 @@ def convert_file(input_path: str, output_dir: str, arch: str, fmt: str = 'center
   """Converts ``input_path`` and writes ``output_dir/checkpoints/0``; returns that folder.
 
   The checkpoint's meta holds the model config (:func:`config_from_state_dict`: heads read from
-  the file), class names and category ids (COCO's for 80-class models), and where it came from.
+  the file), class names and category ids (COCO's for 80-class models, COCO's person for
+  one-class keypoint models), and where it came from.
   """
   from centernet_jax import checkpoint
   from centernet_jax.state import TrainState
@@ -406,7 +418,8 @@ def convert_file(input_path: str, output_dir: str, arch: str, fmt: str = 'center
   variables = convert_state_dict(state_dict, arch, fmt, num_classes=num_classes,
                                  where=input_path)
   cfg = config_from_state_dict(state_dict, arch, fmt, where=input_path)
-  names, ids = ([], []) if ckpt.backbone_only else class_table(cfg.num_classes, class_names)
+  names, ids = ([], []) if ckpt.backbone_only else class_table(
+      cfg.num_classes, class_names, keypoints=is_keypoint_model(cfg.heads))
   meta = {'model': cfg.to_dict(), 'class_names': names, 'category_ids': ids,
           'converted_from': {'file': os.path.abspath(input_path), 'format': fmt, 'arch': arch,
                              'backbone_only': ckpt.backbone_only}}
@@ -431,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--num_classes', type=int, default=None,
                       help='check the heatmap head has this many classes')
   parser.add_argument('--class_names', default='',
-                      help='comma-separated names (default: COCO for 80-class models)')
+                      help='comma-separated names (default: COCO for 80-class models, '
+                      'person for multi_pose models)')
   args = parser.parse_args(argv)
   logging.getLogger().setLevel(logging.INFO)
   try:

@@ -18,7 +18,8 @@ Initialisation, two official styles (``init_style``):
     default); every conv of other heads gets N(0, 0.001) weights and bias 0 (``fill_fc_weights``).
   'dla' (pose_dla_dcn.py): as 'fill_fc', but its ``fill_fc_weights`` only zeroes the biases of
     the other heads; their weights keep the PyTorch default.
-A head is a heatmap head when 'hm' is in its name (official ``'hm' in head``).
+A head is a heatmap head when 'hm' is in its name (official ``'hm' in head``), so multi_pose's
+joint heatmaps ``hm_hp`` get the -2.19 bias too.
 """
 
 from __future__ import annotations
@@ -130,9 +131,10 @@ def make_head(
 # ----------------------------------------------------------------------------------------------
 # PyTorch names: a head ``hm`` is ``hm.0`` (3x3) and ``hm.2`` (1x1), or ``hm`` alone (head_conv 0).
 
-# The heads of the published CenterNet ctdet checkpoints, in the configs' order (msra_resnet and
-# resnet_dcn register them sorted: hm, reg, wh).
-OFFICIAL_HEADS = ('hm', 'wh', 'reg')
+# Head names of the published CenterNet checkpoints in the configs' order, the official opts.py
+# order: ctdet hm, wh, reg; multi_pose hm, wh, hps, reg, hm_hp, hp_offset (msra_resnet and
+# resnet_dcn register their heads sorted, so a file's order is not the configs').
+OFFICIAL_HEADS = ('hm', 'wh', 'hps', 'reg', 'hm_hp', 'hp_offset')
 
 
 def official_heads(num_classes: int) -> tuple[tuple[str, int], ...]:

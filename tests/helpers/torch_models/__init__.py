@@ -11,6 +11,6 @@ run small variants on CPU:
   hourglass   CenterNet ``large_hourglass.py`` (``exkp``).
   cornernet   official CornerNet (``kp`` with corner pools).
   mmdet       mmdetection CenterNet and CornerNet.
-  dcn         DCNv2 with explicit bilinear sampling; heads: the CenterNet head; randomize:
-              random weights and BN statistics.
+  dcn         DCNv2 with explicit bilinear sampling; heads: the CenterNet head and the official
+              multi_pose head table; randomize: random weights and BN statistics.
 """
