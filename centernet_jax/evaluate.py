@@ -2,8 +2,13 @@ r"""Evaluate a checkpoint with pycocotools.
 
 ``python -m centernet_jax.evaluate --config configs/X.py --workdir W [--step N]`` writes
 ``W/eval/step_<N>/detections.json`` (COCO results: original category ids, [x, y, w, h] in
-original image pixels) and ``W/eval/step_<N>/metrics.json`` (AP ... AR100 over every image of the
-validation split) and prints the standard pycocotools summary.
+original image pixels, and for multi_pose the keypoints) and ``W/eval/step_<N>/metrics.json``
+(AP ... AR100 over every image of the validation split, and multi_pose's kp_AP ... kp_ARl) and
+prints the standard pycocotools summaries.
+
+What is evaluated is the task's: its ``coco_results(dets, image_id, category_ids, config)`` turns
+one image's detections into COCO results and its ``evaluate(gt, results, image_ids, config,
+log)`` computes the metrics.
 
 From Python (the training loop does this)::
 
@@ -66,6 +71,7 @@ class Evaluator:
     self.scales = tuple(float(s) for s in config.eval.test_scales)
     multi = tasks.multi_scale(config)
     self.predictor = inference.Predictor(config, model, merge_later=multi)
+    self.task = self.predictor.task
     # Multi-scale (official): every scale mapped back to original pixels, then merged.
     self._merge = jax.jit(self.predictor.task.make_merge(config)) if multi else None
     self._images = NamedSharding(self.mesh, P('data'))
@@ -78,15 +84,15 @@ class Evaluator:
       out_dir: written by process 0.
 
     Returns:
-      COCO metrics (``coco_eval.METRIC_NAMES``).
+      The task's COCO metrics (``coco_eval.METRIC_NAMES``, and for multi_pose
+      ``coco_eval.KEYPOINT_METRIC_NAMES`` too).
     """
     dets = self.predict_dataset(variables)
     image_ids = list(self.info.val_image_ids)
     if self.config.eval.num_images > 0:
       image_ids = image_ids[:self.config.eval.num_images]
-    metrics = coco_eval.evaluate_detections(
-        self.info.val_gt, dets, image_ids=image_ids,
-        log=print if jax.process_index() == 0 else None)
+    metrics = self.task.evaluate(self.info.val_gt, dets, image_ids, self.config,
+                                 print if jax.process_index() == 0 else None)
     if jax.process_index() == 0:
       coco_eval.write_json(os.path.join(out_dir, 'detections.json'), dets)
       coco_eval.write_json(os.path.join(out_dir, 'metrics.json'), metrics)
@@ -102,31 +108,36 @@ class Evaluator:
     """
     error = None
     try:
-      rows = self._predict_rows(variables)
+      rows, spec = self._predict_rows(variables)
     except Exception as e:  # noqa: BLE001 - agreed across processes, then raised on each
-      error, rows = e, []
+      error, rows, spec = e, [], None
     message = fault.agree_message(f'{type(error).__name__}: {error}' if error else None)
     if error is not None:
       raise error
     if message is not None:
       raise RuntimeError(f'evaluation failed on another process: {message}')
-    config, info = self.config, self.info
-    rows = _gather(rows, config.eval.K)
-    dets = []
-    for image_id, boxes, scores, labels in rows:
-      keep = scores > 0  # CornerNet: rejected pairs (-1) and entries soft-NMS suppressed (0)
-      dets.extend(coco_eval.detections_to_coco(boxes[keep], scores[keep], labels[keep], image_id,
-                                               info.category_ids,
-                                               round_results=config.eval.round_results))
-    return dets
+    rows = _gather(rows, spec)
+    category_ids = [int(c) for c in self.info.category_ids]
+    results = []
+    for image_id, dets in rows:
+      results.extend(self.task.coco_results(dets, image_id, category_ids, self.config))
+    return results
 
-  def _predict_rows(self, variables: dict) -> list[tuple]:
-    """(image_id, boxes [K, 4] original pixels, scores [K], labels [K]) of this process."""
+  def _predict_rows(self, variables: dict) -> tuple[list[tuple[int, dict]], dict | None]:
+    """This process's detections, one row per image, and their layout.
+
+    Returns:
+      rows: (image_id, dets) per valid image; dets maps every key of the task's detections
+        except 'valid' to this image's array (boxes [K, 4], keypoints [K, J, 2] ... in original
+        pixels).
+      spec: {key: (per-image shape, dtype)} of those arrays (None when there was no batch):
+        the same on every process, which all see the same number of batches.
+    """
     from centernet_jax.data import pipeline
 
     config, info = self.config, self.info
     variables = inference.to_local(variables, self.mesh)
-    rows = []  # per image: image_id, boxes [K, 4] original pixels, scores [K], labels [K]
+    rows, spec = [], None
     iterators = [pipeline.create_eval_iterator(
         config.data, info=info, batch_size=self.batch_size, num_images=config.eval.num_images,
         process_index=jax.process_index(), process_count=jax.process_count(), test_scale=s)
@@ -140,28 +151,36 @@ class Evaluator:
       merged = {k: np.concatenate([d[k] for d in per_scale], axis=1) for k in per_scale[0]}
       if self._merge is not None:
         merged = jax.device_get(self._merge(merged))
-      boxes, scores, classes = merged['boxes'], merged['scores'], merged['classes']
+      merged = {k: np.asarray(v) for k, v in merged.items() if k != 'valid'}
+      spec = spec or {k: (v.shape[1:], v.dtype) for k, v in merged.items()}
       first = batches[0]
       for i in np.flatnonzero(first['valid']):
-        rows.append((int(first['image_id'][i]), boxes[i], scores[i], classes[i]))
-    return rows
+        rows.append((int(first['image_id'][i]), {k: v[i] for k, v in merged.items()}))
+    return rows, spec
 
 
-def _gather(rows: list, K: int) -> list:
-  """All processes' rows, on every process (fixed-size arrays for the collective)."""
-  if jax.process_count() == 1:
+def _gather(rows: list[tuple[int, dict]], spec: dict | None) -> list[tuple[int, dict]]:
+  """All processes' rows, on every process.
+
+  Args:
+    rows: (image_id, {key: array}) of this process.
+    spec: {key: (shape, dtype)} of every row's arrays, equal on every process (fixed shapes are
+      what the collective needs); None when no process predicted a batch.
+  """
+  if jax.process_count() == 1 or spec is None:
     return rows
-  n = np.array([len(rows)])
-  n_max = int(multihost_utils.process_allgather(n).max())
+  n_max = int(multihost_utils.process_allgather(np.array([len(rows)])).max())
+  if n_max == 0:
+    return []
   pad = n_max - len(rows)
   ids = np.array([r[0] for r in rows] + [-1] * pad, np.int64)
-  def stack(j, shape, dtype):
-    return np.stack([r[j] for r in rows] + [np.zeros(shape, dtype)] * pad).astype(dtype)
-  arrays = (ids, stack(1, (K, 4), np.float32), stack(2, (K,), np.float32),
-            stack(3, (K,), np.int32))
-  ids, bx, sc, lb = (np.asarray(multihost_utils.process_allgather(a, tiled=True))
-                     for a in arrays)
-  return [(int(i), b, s, lab) for i, b, s, lab in zip(ids, bx, sc, lb, strict=True) if i >= 0]
+  keys = sorted(spec)
+  arrays = [np.stack([np.asarray(r[1][k], spec[k][1]) for r in rows]
+                     + [np.zeros(spec[k][0], spec[k][1])] * pad) for k in keys]
+  ids, *arrays = (np.asarray(multihost_utils.process_allgather(a, tiled=True))
+                  for a in [ids, *arrays])
+  return [(int(i), {k: a[n] for k, a in zip(keys, arrays, strict=True)})
+          for n, i in enumerate(ids) if i >= 0]
 
 
 def _progress(it, info, num_images):

@@ -19,6 +19,10 @@ Signature (``B`` symbolic unless ``--batch N > 0``):
               (W / w_out, H / h_out), = down_ratio for CenterNet; not clipped.
       scores  [B, K] float32, descending.
       classes [B, K] int32 contiguous labels (``export.json`` maps them to names and ids).
+      multi_pose also: keypoints [B, K, J, 2] float32 x, y in input-canvas pixels (scaled as the
+              boxes), keypoint_scores [B, K, J] float32 (joint-heatmap score of the peak a joint
+              snapped to, 0 where the regressed position was kept); ``export.json`` names the
+              joints and the skeleton.
 
 This module only builds artifacts. ``serving.py`` loads them (``serving.load``) without the model
 code; the caller letterboxes each image onto the H x W canvas (``serving.letterbox``) and maps
@@ -61,7 +65,10 @@ class ExportError(ValueError):
 
 def make_serving_fn(config: ml_collections.ConfigDict, model, *, height: int, width: int,
                     input_dtype: str = 'uint8') -> Callable[[dict, jax.Array], dict]:
-  """``serve(variables, images) -> {boxes, scores, classes}`` with boxes in input-canvas pixels.
+  """``serve(variables, images) -> {boxes, scores, classes, ...}`` in input-canvas pixels.
+
+  Every output of the task's predict function is served; its ``POINT_KEYS`` (boxes, keypoints)
+  scaled from the output map to the input canvas, classes as int32.
 
   Args:
     config: experiment config (``config.data`` normalisation, ``config.model``, ``config.eval``).
@@ -100,13 +107,11 @@ def make_serving_fn(config: ml_collections.ConfigDict, model, *, height: int, wi
     if input_dtype == 'uint8':
       images = inference.normalize(images, mean=data.mean, std=data.std,
                                    channel_order=data.channel_order)
-    out = predict(variables, images)
-    served = {key: out[key] * jnp.tile(stride, out[key].shape[-1] // 2)
-              for key in task.POINT_KEYS}
-    served.update(scores=out['scores'], classes=out['classes'].astype(jnp.int32))
-    if 'valid' in out:  # after soft-NMS fewer than K may survive
-      served['valid'] = out['valid']
-    return served
+    out = dict(predict(variables, images))  # 'valid' after soft-NMS: fewer than K may survive
+    for key in task.POINT_KEYS:
+      out[key] = out[key] * jnp.tile(stride, out[key].shape[-1] // 2)
+    out['classes'] = out['classes'].astype(jnp.int32)
+    return out
 
   return serve
 
@@ -217,7 +222,11 @@ def _first_error(message: str) -> str:
 
 def metadata(config: ml_collections.ConfigDict, meta: dict, *, step: int, fmt: str, batch: int,
              height: int, width: int, input_dtype: str, out_shapes: dict) -> dict:
-  """What a server needs besides the artifact: signature, pre-processing, labels."""
+  """What a server needs besides the artifact: signature, pre-processing, labels.
+
+  Keypoint models add ``num_joints``, ``keypoint_names`` (null when unknown), the 0-based
+  ``skeleton`` and ``flip_pairs``.
+  """
   from centernet_jax import tasks
 
   data = config.data
@@ -228,6 +237,18 @@ def metadata(config: ml_collections.ConfigDict, meta: dict, *, step: int, fmt: s
   outputs['boxes']['units'] = 'x1, y1, x2, y2 in input-canvas pixels'
   if 'valid' in outputs:
     outputs['valid']['units'] = 'False: no detection (score 0)'
+  if 'keypoint_scores' in outputs:
+    outputs['keypoint_scores']['units'] = ('joint-heatmap score of the peak a joint snapped to, '
+                                           '0 where the regressed position was kept')
+  keypoints = {}
+  if 'num_joints' in data:
+    from centernet_jax.evaluation import visualize
+
+    names, skeleton = visualize.keypoint_layout(data.num_joints, meta.get('keypoint_names'),
+                                                meta.get('skeleton'))
+    keypoints = {'num_joints': int(data.num_joints), 'keypoint_names': names,
+                 'skeleton': [list(limb) for limb in skeleton],
+                 'flip_pairs': [[int(a), int(b)] for a, b in data.flip_pairs]}
 
   return {
       'format': fmt,
@@ -251,6 +272,7 @@ def metadata(config: ml_collections.ConfigDict, meta: dict, *, step: int, fmt: s
       'flip_test': bool(config.eval.flip_test),
       'class_names': list(meta['class_names']),
       'category_ids': [int(c) for c in meta['category_ids']],
+      **keypoints,
       'model': config.model.to_dict(),
       'step': int(step),
       'jax_version': jax.__version__,

@@ -5,8 +5,9 @@ Command line::
   python -m centernet_jax.predict --config configs/X.py --workdir W \
       --images a.jpg b.png ... --output OUT [--score_threshold 0.3] [--grid]
 
-writes ``OUT/<image stem>.json`` (boxes in original pixels with category id, name and score) and
-``OUT/<image stem>.png`` (the boxes drawn). From Python, for notebooks and services::
+writes ``OUT/<image stem>.json`` (boxes in original pixels with category id, name and score;
+multi_pose adds each person's keypoints) and ``OUT/<image stem>.png`` (the boxes, and skeletons,
+drawn). From Python, for notebooks and services::
 
   detector = Detector.from_checkpoint(config, 'W')   # or 'W/checkpoints/1000'
   detections = detector(['a.jpg', rgb_uint8_array])  # one list of dicts per image
@@ -44,11 +45,14 @@ class Detector:
       config: resolved config (``inference.restore`` returns one).
       model: the flax module.
       variables: ``{'params', 'batch_stats'}``.
-      meta: the checkpoint's meta (``class_names``, ``category_ids``).
+      meta: the checkpoint's meta (``class_names``, ``category_ids``; multi_pose:
+        ``keypoint_names`` and ``skeleton``, the COCO ones when absent and J = 17).
     """
     self.config = config
     self.class_names = list(meta['class_names'])
     self.category_ids = [int(c) for c in meta['category_ids']]
+    self.keypoint_names, self.skeleton = visualize.keypoint_layout(
+        config.data.get('num_joints'), meta.get('keypoint_names'), meta.get('skeleton'))
     self._variables = jax.device_put(variables)
     self._predictor = inference.Predictor(config, model)
 
@@ -70,22 +74,43 @@ class Detector:
     Returns:
       For each image, detections sorted by score: dicts with ``bbox`` [x1, y1, x2, y2] in
       original pixels, ``score``, ``label`` (contiguous), ``category_id`` (original id) and
-      ``category_name``.
+      ``category_name``; multi_pose adds ``keypoints`` [[x, y]] * J in original pixels (clipped
+      to the image, as boxes) and ``keypoint_scores`` [J] (the joint heatmap's score of the peak
+      a joint snapped to; 0 where the regressed position was kept).
     """
     results = []
     for image in images:
       batch = inference.preprocess(inference.read_image(image), self.config.data)
       out = self._predictor.detect(self._variables, batch, clip=True)
       dets = []
-      for box, score, label in zip(out['boxes'][0], out['scores'][0], out['classes'][0],
-                                   strict=True):
+      for k, (box, score, label) in enumerate(zip(out['boxes'][0], out['scores'][0],
+                                                  out['classes'][0], strict=True)):
         if score < score_threshold or score <= 0:  # CornerNet: rejected / suppressed
           continue
-        dets.append({'bbox': [float(v) for v in box], 'score': float(score), 'label': int(label),
-                     'category_id': self.category_ids[int(label)],
-                     'category_name': self.class_names[int(label)]})
+        det = {'bbox': [float(v) for v in box], 'score': float(score), 'label': int(label),
+               'category_id': self.category_ids[int(label)],
+               'category_name': self.class_names[int(label)]}
+        if 'keypoints' in out:
+          det['keypoints'] = np.asarray(out['keypoints'][0, k], np.float32).tolist()
+          det['keypoint_scores'] = np.asarray(out['keypoint_scores'][0, k], np.float32).tolist()
+        dets.append(det)
       results.append(dets)
     return results
+
+  def draw(self, image: np.ndarray, dets: list[dict], score_threshold: float = 0.0
+           ) -> np.ndarray:
+    """``image`` [H, W, 3] uint8 RGB with one image's detections (``__call__``'s) drawn."""
+    pose = {}
+    if dets and 'keypoints' in dets[0]:
+      pose = {'keypoints': np.array([d['keypoints'] for d in dets], np.float32),
+              'keypoint_scores': np.array([d['keypoint_scores'] for d in dets], np.float32),
+              'skeleton': self.skeleton, 'keypoint_names': self.keypoint_names,
+              'flip_pairs': self.config.data.get('flip_pairs')}
+    return visualize.draw_detections(
+        image, np.array([d['bbox'] for d in dets], np.float32).reshape(-1, 4),
+        np.array([d['score'] for d in dets], np.float32),
+        np.array([d['label'] for d in dets], np.int32), self.class_names,
+        score_threshold=score_threshold, **pose)
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -96,7 +121,11 @@ def read_rgb(path: str) -> np.ndarray:
 
 def predict_files(detector: Detector, paths: Sequence[str], output: str,
                   score_threshold: float, grid: bool = False) -> list[str]:
-  """Writes ``<stem>.json`` and ``<stem>.png`` per image (and ``grid.png``); returns the paths."""
+  """Writes ``<stem>.json`` and ``<stem>.png`` per image (and ``grid.png``); returns the paths.
+
+  The json holds the image path and :class:`Detector`'s detections (and for keypoint models
+  ``keypoint_names`` and the 0-based ``skeleton``).
+  """
   os.makedirs(output, exist_ok=True)
   missing = [p for p in paths if not os.path.exists(p)]
   if missing:
@@ -106,12 +135,11 @@ def predict_files(detector: Detector, paths: Sequence[str], output: str,
     dets = detector([path], score_threshold=score_threshold)[0]
     stem = os.path.splitext(os.path.basename(path))[0]
     json_path = os.path.join(output, stem + '.json')
-    coco_eval.write_json(json_path, {'image': os.path.abspath(path), 'detections': dets})
-    picture = visualize.draw_detections(
-        read_rgb(path), np.array([d['bbox'] for d in dets], np.float32).reshape(-1, 4),
-        np.array([d['score'] for d in dets], np.float32),
-        np.array([d['label'] for d in dets], np.int32), detector.class_names,
-        score_threshold=score_threshold)
+    record = {'image': os.path.abspath(path), 'detections': dets}
+    if detector.skeleton is not None:
+      record.update(keypoint_names=detector.keypoint_names, skeleton=detector.skeleton)
+    coco_eval.write_json(json_path, record)
+    picture = detector.draw(read_rgb(path), dets, score_threshold=score_threshold)
     png_path = os.path.join(output, stem + '.png')
     from PIL import Image
     Image.fromarray(picture).save(png_path)

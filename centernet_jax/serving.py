@@ -11,9 +11,10 @@ r"""Serving side of an export: load an artifact and run it, without the model co
   canvas, inverse = serving.letterbox(image, (H, W), served.metadata['eval_mode'])
   out = served(canvas[None])                                  # boxes [1, K, 4] on the canvas
   boxes = serving.boxes_to_original(out['boxes'][0], inverse, image.shape[:2])
+  one = served.to_original({k: v[0] for k, v in out.items()}, inverse, image.shape[:2])
 
-The artifact's boxes are x1, y1, x2, y2 in input-canvas pixels; the letterbox's inverse affine
-maps them back to the original image.
+The artifact's boxes are x1, y1, x2, y2 in input-canvas pixels (a pose model's keypoints
+[B, K, J, 2] x, y too); the letterbox's inverse affine maps them back to the original image.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ class ServedModel:
   """A loaded artifact that checks its input before calling it.
 
   ``model(images)`` -> dict of numpy boxes [B, K, 4], scores [B, K], classes [B, K] (and
-  ``valid`` [B, K] after soft-NMS); the raw callable is ``model.fn``
-  (``jax.export.Exported.call`` or the TF ``serving_default``).
+  ``valid`` [B, K] after soft-NMS; keypoints [B, K, J, 2] and keypoint_scores [B, K, J] for
+  multi_pose); the raw callable is ``model.fn`` (``jax.export.Exported.call`` or the TF
+  ``serving_default``).
   """
 
   def __init__(self, directory: str, fn: Callable, metadata: dict):
@@ -74,6 +76,20 @@ class ServedModel:
   def __call__(self, images) -> dict:
     out = self.fn(self.check(images))
     return {k: np.asarray(v) for k, v in out.items()}
+
+  @property
+  def point_keys(self) -> tuple[str, ...]:
+    """Outputs holding x, y pairs in input-canvas pixels (boxes; keypoints for multi_pose)."""
+    return tuple(k for k, v in sorted(self.metadata['outputs'].items())
+                 if 'input-canvas pixels' in v.get('units', ''))
+
+  def to_original(self, outputs: dict, inverse_affine: np.ndarray, orig_hw) -> dict:
+    """One image's outputs (no batch axis) with every :attr:`point_keys` array mapped to the
+    original image's pixels by the letterbox's inverse affine and clipped to it."""
+    out = dict(outputs)
+    for key in self.point_keys:
+      out[key] = points_to_original(out[key], inverse_affine, orig_hw)
+    return out
 
 
 def load(directory: str) -> ServedModel:

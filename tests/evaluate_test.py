@@ -8,6 +8,7 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from centernet_jax import evaluate, tasks
@@ -93,7 +94,7 @@ def test_prediction_failure_is_agreed_before_the_gather(local_fails, other_messa
     del variables
     if local_fails:
       raise ValueError('boom')
-    return []
+    return [], None
 
   def agree_message(message):
     asked.append(message)
@@ -101,7 +102,7 @@ def test_prediction_failure_is_agreed_before_the_gather(local_fails, other_messa
 
   monkeypatch.setattr(evaluator, '_predict_rows', predict_rows)
   monkeypatch.setattr(fault, 'agree_message', agree_message)
-  monkeypatch.setattr(evaluate, '_gather', lambda rows, K: gathered.append(rows) or rows)
+  monkeypatch.setattr(evaluate, '_gather', lambda rows, spec: gathered.append(rows) or rows)
   if local_fails:
     with pytest.raises(ValueError, match='boom'):
       evaluator.predict_dataset({})
@@ -112,3 +113,50 @@ def test_prediction_failure_is_agreed_before_the_gather(local_fails, other_messa
     assert evaluator.predict_dataset({}) == []
   assert asked == ['ValueError: boom' if local_fails else None]  # every process asks, once
   assert gathered == ([] if local_fails or other_message else [[]])
+
+
+def _rows(n, first_id, seed):
+  rng = np.random.default_rng(seed)
+  return [(first_id + i, {'boxes': rng.normal(size=(3, 4)).astype(np.float32),
+                          'classes': rng.integers(0, 5, 3).astype(np.int32),
+                          'keypoints': rng.normal(size=(3, 2, 2)).astype(np.float32)})
+          for i in range(n)]
+
+
+@pytest.mark.parametrize('lengths', [(3, 1), (0, 2), (2, 2), (0, 0)])
+def test_gather_two_processes(lengths, monkeypatch):
+  """_gather on two simulated processes: each process sends its rows padded to the longest,
+  and every process gets both processes' rows (any dict of fixed-shape arrays) back."""
+  from jax.experimental import multihost_utils
+
+  spec = {'boxes': ((3, 4), np.float32), 'classes': ((3,), np.int32),
+          'keypoints': ((3, 2, 2), np.float32)}
+  rows = [_rows(lengths[0], 10, 0), _rows(lengths[1], 20, 1)]
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  sent = [[], []]
+
+  def run(process, allgather_tiled):
+    def allgather(x, tiled=False):
+      if not tiled:  # the row counts
+        return np.stack([np.array([len(r)]) for r in rows])
+      return allgather_tiled(process, np.asarray(x))
+    monkeypatch.setattr(multihost_utils, 'process_allgather', allgather)
+    return evaluate._gather(rows[process], spec)
+
+  for p in (0, 1):  # what each process contributes
+    run(p, lambda p, x: sent[p].append(x) or x)
+  calls = []
+
+  def tiled(p, x):  # process 0's view: the call's arrays of both processes, concatenated
+    np.testing.assert_array_equal(x, sent[p][len(calls)])
+    calls.append(x)
+    return np.concatenate([sent[0][len(calls) - 1], sent[1][len(calls) - 1]])
+
+  got = run(0, tiled)
+  want = rows[0] + rows[1]
+  assert [g[0] for g in got] == [w[0] for w in want]
+  for (_, g), (_, w) in zip(got, want, strict=True):
+    assert set(g) == set(w)
+    for k in w:
+      assert g[k].dtype == w[k].dtype
+      np.testing.assert_array_equal(g[k], w[k])

@@ -36,17 +36,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from centernet_jax.data import shapes
+from centernet_jax.keypoints import COCO_KEYPOINT_NAMES, COCO_SKELETON
 
 VERSION = 1  # bump when the images change, so cached folders are regenerated
-
-# COCO person keypoints: joint names and the 19 limbs (0-based here; the json holds them 1-based).
-COCO_KEYPOINT_NAMES = (
-    'nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear', 'left_shoulder', 'right_shoulder',
-    'left_elbow', 'right_elbow', 'left_wrist', 'right_wrist', 'left_hip', 'right_hip',
-    'left_knee', 'right_knee', 'left_ankle', 'right_ankle')
-COCO_SKELETON = (
-    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
-    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
 
 HEIGHT_RANGE = (0.31, 0.86)  # figure height / image side
 MAX_FIGURES = 3

@@ -28,6 +28,7 @@ import os
 
 import numpy as np
 
+from centernet_jax import keypoints
 from centernet_jax.data import coco, import_tf, shapes, shapes_pose
 from centernet_jax.data.errors import DataError, first_line
 
@@ -405,14 +406,10 @@ def check_keypoint_config(data_cfg) -> int | None:
   num_joints = data_cfg.num_joints
   if not isinstance(num_joints, int) or isinstance(num_joints, bool) or num_joints <= 0:
     raise DataError(f'config.data.num_joints must be a positive integer, got {num_joints!r}')
-  pairs = tuple(tuple(p) for p in data_cfg.get('flip_pairs', ()))
-  joints = [j for p in pairs for j in p]
-  if (not all(len(p) == 2 for p in pairs)
-      or not all(isinstance(j, int) and 0 <= j < num_joints for j in joints)
-      or len(set(joints)) != len(joints)):
-    raise DataError(f'config.data.flip_pairs={pairs!r} must be pairs of distinct 0-based joint '
-                    f'indices in [0, {num_joints}) (config.data.num_joints), each joint in at '
-                    'most one pair')
+  try:
+    keypoints.check_flip_pairs(num_joints, data_cfg.get('flip_pairs', ()))
+  except (ValueError, TypeError) as e:
+    raise DataError(str(e)) from None
   return num_joints
 
 

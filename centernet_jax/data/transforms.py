@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from centernet_jax.data import import_tf
+from centernet_jax.keypoints import flip_permutation
 
 tf = import_tf()
 
@@ -163,14 +164,6 @@ def affine_keypoints(keypoints, trans):
   """Maps keypoints [N, J, 3] (x, y, v) through a [2, 3] affine; v is kept -> [N, J, 3]."""
   xy = tf.einsum('njk,ik->nji', keypoints[..., :2], trans[:, :2]) + trans[:, 2]
   return tf.concat([xy, keypoints[..., 2:]], axis=-1)
-
-
-def flip_permutation(num_joints: int, flip_pairs: Sequence[Sequence[int]]) -> np.ndarray:
-  """[J] int32 joint order after a mirror: ``perm[a] = b`` and ``perm[b] = a`` per pair."""
-  perm = np.arange(num_joints, dtype=np.int32)
-  for a, b in flip_pairs:
-    perm[a], perm[b] = b, a
-  return perm
 
 
 def hflip_keypoints(keypoints, width, flip_pairs: Sequence[Sequence[int]]):

@@ -1,8 +1,9 @@
-"""COCO box evaluation with pycocotools, matching the official CenterNet test script.
+"""COCO box and keypoint evaluation with pycocotools, matching the official CenterNet test script.
 
 Detections are converted to the COCO results format the way official CenterNet does it
-(``datasets/dataset/coco.py: convert_eval_format``): contiguous label -> original category id,
-xyxy -> xywh, bbox and score rounded to 2 decimals. Evaluation runs over EVERY image of the
+(``datasets/dataset/coco.py`` and ``coco_hp.py: convert_eval_format``): contiguous label ->
+original category id, xyxy -> xywh, keypoints as x, y, 1 triples, bbox, keypoints and score
+rounded to 2 decimals. Evaluation runs over EVERY image of the
 ground truth by default, so images without detections count as misses (unlike evaluators that
 set ``imgIds`` to the images with detections, which inflates AP; docs/parity.md 4.11).
 """
@@ -20,10 +21,13 @@ from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 
 # Order of COCOeval.stats (the first nine entries).
 METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100')
+# Order of COCOeval.stats for iouType 'keypoints' (OKS instead of IoU; 20 detections per image).
+KEYPOINT_METRIC_NAMES = ('kp_AP', 'kp_AP50', 'kp_AP75', 'kp_APm', 'kp_APl', 'kp_AR', 'kp_AR50',
+                         'kp_AR75', 'kp_ARm', 'kp_ARl')
 
 GroundTruth = str | os.PathLike | Mapping[str, Any] | COCO
 
@@ -40,6 +44,7 @@ def detections_to_coco(
     image_id: int,
     category_ids: Sequence[int],
     round_results: bool = True,
+    keypoints: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
   """Converts one image's detections to COCO results entries.
 
@@ -49,11 +54,14 @@ def detections_to_coco(
     labels: [N] int contiguous labels in [0, len(category_ids)).
     image_id: the COCO image id.
     category_ids: label -> original COCO category id (e.g. the 80 -> 90-id mapping).
-    round_results: round bbox values and score to 2 decimals like the official code.
+    round_results: round bbox values, keypoints and score to 2 decimals like the official code.
+    keypoints: optional [N, J, 2] x, y of each detection's joints in original image pixels.
 
   Returns:
     N dicts {'image_id': int, 'category_id': int, 'bbox': [x, y, w, h], 'score': float} of plain
-    Python numbers (json-serialisable), in input order.
+    Python numbers (json-serialisable), in input order; with ``keypoints`` each also has
+    'keypoints': [x1, y1, 1, ..., xJ, yJ, 1] (3J numbers, visibility written as 1 as the
+    official code does).
   """
   boxes = np.asarray(boxes)
   if not np.issubdtype(boxes.dtype, np.floating):
@@ -78,11 +86,22 @@ def detections_to_coco(
   xywh[:, 2:] -= boxes[:, :2]  # In the boxes' own dtype, as the official float32 code.
   fmt = _round2 if round_results else float
   cats = cat_table[labels.astype(np.int64)].tolist()
-  return [
+  out = [
     {'image_id': int(image_id), 'category_id': int(c), 'bbox': [fmt(v) for v in b],
      'score': fmt(s)}
     for b, s, c in zip(xywh.tolist(), scores.tolist(), cats, strict=True)
   ]
+  if keypoints is not None:
+    keypoints = np.asarray(keypoints)
+    if keypoints.ndim != 3 or keypoints.shape[0] != len(out) or keypoints.shape[2] != 2:
+      raise ValueError(f'keypoints must be [N={len(out)}, J, 2], got shape {keypoints.shape}')
+    if not np.issubdtype(keypoints.dtype, np.floating):
+      keypoints = keypoints.astype(np.float32)
+    triples = np.concatenate([keypoints, np.ones_like(keypoints[..., :1])], axis=-1)
+    for det, kps in zip(out, triples.reshape(len(out), 3 * keypoints.shape[1]).tolist(),
+                        strict=True):
+      det['keypoints'] = [fmt(v) for v in kps]
+  return out
 
 
 def _quiet(fn: Callable[[], Any]) -> tuple[Any, str]:
@@ -113,6 +132,8 @@ def _gt_dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
     a.setdefault('iscrowd', 0)
     if 'area' not in a:  # COCO's area is the mask area; the box area is the best stand-in.
       a['area'] = float(a['bbox'][2]) * float(a['bbox'][3])
+    if 'keypoints' in a and 'num_keypoints' not in a:  # COCO: joints with v > 0
+      a['num_keypoints'] = int(np.count_nonzero(np.asarray(a['keypoints'])[2::3] > 0))
   return {
     **dataset,
     'info': dict(dataset.get('info') or {}),
@@ -127,7 +148,8 @@ def load_gt(gt: GroundTruth) -> COCO:
   """Builds a pycocotools COCO object from a json path, a COCO-format dict or a COCO object.
 
   A dict is copied (annotations shallowly), not written to disk and not modified; missing
-  'info'/'licenses'/'annotations', annotation 'iscrowd' (0), 'area' (box area) and 'id' are filled.
+  'info'/'licenses'/'annotations', annotation 'iscrowd' (0), 'area' (box area), 'id' and, with
+  keypoints, 'num_keypoints' (count of v > 0) are filled.
 
   Args:
     gt: path to a COCO instances json, a dict in COCO format, or a COCO object (returned as is).
@@ -148,17 +170,30 @@ def load_gt(gt: GroundTruth) -> COCO:
   return coco
 
 
-def _clean_detections(coco_gt: COCO, detections: Iterable[Mapping[str, Any]]) -> list[dict]:
-  """Copies detections to plain dicts and checks their ids against the ground truth."""
+def _clean_detections(coco_gt: COCO, detections: Iterable[Mapping[str, Any]],
+                      num_joints: int | None = None) -> list[dict]:
+  """Copies detections to plain dicts and checks their ids against the ground truth.
+
+  With ``num_joints``, every detection must carry 'keypoints' (3 * num_joints finite numbers)
+  and 'bbox' may be left out; without, 'bbox' is required and keypoints are dropped.
+  """
   out, bad_cats, bad_imgs = [], set(), set()
   for i, d in enumerate(detections):
     try:
       det = {'image_id': int(d['image_id']), 'category_id': int(d['category_id']),
-             'bbox': [float(v) for v in d['bbox']], 'score': float(d['score'])}
+             'score': float(d['score'])}
+      if num_joints is None or 'bbox' in d:
+        det['bbox'] = [float(v) for v in d['bbox']]
+      if num_joints is not None:
+        det['keypoints'] = [float(v) for v in d['keypoints']]
     except KeyError as e:
       raise ValueError(f'detection {i} lacks key {e}; got {dict(d)}') from None
-    if len(det['bbox']) != 4:
+    if 'bbox' in det and len(det['bbox']) != 4:
       raise ValueError(f'detection {i} bbox must be [x, y, w, h], got {d["bbox"]}')
+    if num_joints is not None and (len(det['keypoints']) != 3 * num_joints
+                                   or not np.all(np.isfinite(det['keypoints']))):
+      raise ValueError(f'detection {i} keypoints must be {3 * num_joints} finite numbers '
+                       f'(x, y, v for {num_joints} joints), got {d["keypoints"]}')
     if det['category_id'] not in coco_gt.cats:
       bad_cats.add(det['category_id'])
     if det['image_id'] not in coco_gt.imgs:
@@ -176,9 +211,18 @@ def _clean_detections(coco_gt: COCO, detections: Iterable[Mapping[str, Any]]) ->
 
 
 def _results_coco(coco_gt: COCO, dets: list[dict]) -> COCO:
-  """Same as ``coco_gt.loadRes(dets)`` for boxes, but accepts an empty list."""
+  """Same as ``coco_gt.loadRes(dets)`` for boxes and keypoints, but accepts an empty list.
+
+  As in loadRes, a detection's area is its bbox's (official results carry one), or for
+  keypoints without a bbox the area of the joints' extent (then also its bbox).
+  """
   anns = []
   for i, d in enumerate(dets):
+    d = dict(d)
+    if 'bbox' not in d:
+      x, y = np.asarray(d['keypoints'][0::3]), np.asarray(d['keypoints'][1::3])
+      x0, y0 = float(x.min()), float(y.min())
+      d['bbox'] = [x0, y0, float(x.max()) - x0, float(y.max()) - y0]
     w, h = d['bbox'][2], d['bbox'][3]
     anns.append({**d, 'area': w * h, 'id': i + 1, 'iscrowd': 0})
   res = COCO()
@@ -192,6 +236,41 @@ def _results_coco(coco_gt: COCO, dets: list[dict]) -> COCO:
   return res
 
 
+def _load_detections(detections: Sequence[Mapping[str, Any]] | str | os.PathLike):
+  if isinstance(detections, str | os.PathLike):
+    with open(detections) as f:
+      return json.load(f)
+  return detections
+
+
+def _check_image_ids(coco_gt: COCO, image_ids: Iterable[int] | None) -> list[int]:
+  if image_ids is None:
+    return sorted(coco_gt.getImgIds())
+  image_ids = sorted({int(i) for i in image_ids})
+  unknown = [i for i in image_ids if i not in coco_gt.imgs]
+  if unknown:
+    raise ValueError(f'image_ids {unknown[:20]} are not in the ground truth')
+  if not image_ids:
+    raise ValueError('image_ids is empty')
+  return image_ids
+
+
+def _run_cocoeval(coco_eval: COCOeval, image_ids: list[int], header: str,
+                  log: Callable[[str], Any] | None) -> np.ndarray:
+  """evaluate + accumulate + summarize over ``image_ids``; logs the summary; returns stats."""
+  coco_eval.params.imgIds = image_ids
+
+  def run():
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+
+  _, text = _quiet(run)
+  if log is not None:
+    log(header + '\n' + text.rstrip('\n'))
+  return coco_eval.stats
+
+
 def evaluate_detections(
     gt: GroundTruth,
     detections: Sequence[Mapping[str, Any]] | str | os.PathLike,
@@ -203,7 +282,7 @@ def evaluate_detections(
   Args:
     gt: ground truth, as accepted by :func:`load_gt`.
     detections: COCO results entries ({'image_id', 'category_id' (original id), 'bbox' xywh,
-      'score'}), or the path of such a json list. Not modified. May be empty.
+      'score'}, other keys ignored), or the path of such a json list. Not modified. May be empty.
     image_ids: images to evaluate; default every image of gt (images without detections count).
       Detections on gt images outside this set are ignored, as pycocotools does.
     log: called once with pycocotools' printed output (progress and the standard 12-line
@@ -218,33 +297,100 @@ def evaluate_detections(
     ValueError: detections with category or image ids absent from gt, or unknown image_ids.
   """
   coco_gt = load_gt(gt)
-  if isinstance(detections, str | os.PathLike):
-    with open(detections) as f:
-      detections = json.load(f)
-  dets = _clean_detections(coco_gt, detections)
-  if image_ids is None:
-    image_ids = sorted(coco_gt.getImgIds())
-  else:
-    image_ids = sorted({int(i) for i in image_ids})
-    unknown = [i for i in image_ids if i not in coco_gt.imgs]
-    if unknown:
-      raise ValueError(f'image_ids {unknown[:20]} are not in the ground truth')
-    if not image_ids:
-      raise ValueError('image_ids is empty')
-
+  dets = _clean_detections(coco_gt, _load_detections(detections))
+  image_ids = _check_image_ids(coco_gt, image_ids)
   coco_eval = COCOeval(coco_gt, _results_coco(coco_gt, dets), 'bbox')
-  coco_eval.params.imgIds = image_ids
+  stats = _run_cocoeval(
+      coco_eval, image_ids,
+      f'COCO bbox evaluation: {len(dets)} detections on {len(image_ids)} images', log)
+  return {name: float(v) for name, v in zip(METRIC_NAMES, stats, strict=False)}
 
-  def run():
-    coco_eval.evaluate()
-    coco_eval.accumulate()
-    coco_eval.summarize()
 
-  _, text = _quiet(run)
-  if log is not None:
-    log(f'COCO bbox evaluation: {len(dets)} detections on {len(image_ids)} images\n'
-        + text.rstrip('\n'))
-  return {name: float(v) for name, v in zip(METRIC_NAMES, coco_eval.stats, strict=False)}
+def _keypoint_categories(coco_gt: COCO) -> tuple[list[int], int]:
+  """(category ids with keypoints, J) of the ground truth, checking every annotation of them.
+
+  A category has keypoints when its entry names them ('keypoints' list, the COCO convention) or
+  one of its annotations carries them.
+  """
+  anns = coco_gt.dataset['annotations']
+  cat_ids = sorted({c['id'] for c in coco_gt.dataset['categories'] if c.get('keypoints')}
+                   | {a['category_id'] for a in anns if 'keypoints' in a})
+  if not cat_ids:
+    raise ValueError('the ground truth has no keypoints (no category lists them and no '
+                     'annotation carries them): not a COCO keypoints file')
+  lengths = {}
+  for a in anns:
+    if a['category_id'] not in cat_ids:
+      continue
+    if 'keypoints' not in a:
+      raise ValueError(f'ground-truth annotation {a["id"]} (category {a["category_id"]}) has no '
+                       "'keypoints' although its category has keypoints")
+    lengths.setdefault(len(a['keypoints']), a['id'])
+  if len(lengths) > 1 or any(n % 3 for n in lengths):
+    raise ValueError('ground-truth keypoints must all be 3J numbers (x, y, v per joint); found '
+                     + ', '.join(f'{n} (annotation {i})' for n, i in lengths.items()))
+  num_joints = next(iter(lengths), 0) // 3
+  if not num_joints:  # no annotation: the count of the categories' names
+    names = {len(c.get('keypoints') or ()) for c in coco_gt.dataset['categories']
+             if c['id'] in cat_ids}
+    num_joints = max(names)
+  return cat_ids, num_joints
+
+
+def evaluate_keypoints(
+    gt: GroundTruth,
+    detections: Sequence[Mapping[str, Any]] | str | os.PathLike,
+    image_ids: Iterable[int] | None = None,
+    log: Callable[[str], Any] | None = print,
+    oks_sigmas: Sequence[float] | None = None,
+) -> dict[str, float]:
+  """COCO keypoint AP/AR (OKS) of detections with pycocotools (iouType 'keypoints').
+
+  OKS of a detection and a ground-truth person with joints (x_j, y_j), visibility v_j and area
+  s: ``mean over v_j > 0 of exp(-d_j^2 / (2 s (2 sigma_j)^2))``, d_j the joint distance.
+
+  Args:
+    gt: ground truth, as accepted by :func:`load_gt` (COCO person-keypoints format: annotations
+      with 'keypoints' [x1, y1, v1, ...] and 'num_keypoints', filled from v > 0 when absent).
+      Only the categories with keypoints are evaluated.
+    detections: COCO results entries ({'image_id', 'category_id', 'keypoints' (3J numbers;
+      the visibilities are not used), 'score', 'bbox' (optional: its area filters detections by
+      area range as in loadRes)}), or the path of such a json list. Not modified. May be empty.
+    image_ids: images to evaluate; default every image of gt.
+    log: called once with pycocotools' printed output; None to stay silent.
+    oks_sigmas: [J] per-joint OKS sigma (``config.eval.oks_sigmas``); None: pycocotools' COCO
+      values, which need J = 17.
+
+  Returns:
+    {'kp_AP', 'kp_AP50', 'kp_AP75', 'kp_APm', 'kp_APl', 'kp_AR', 'kp_AR50', 'kp_AR75', 'kp_ARm',
+    'kp_ARl'} as Python floats (COCOeval.stats order; -1 where there is no ground truth).
+
+  Raises:
+    ValueError: no keypoints in gt, J disagreeing between gt, detections and oks_sigmas, bad
+      ids (as :func:`evaluate_detections`).
+  """
+  coco_gt = load_gt(gt)
+  cat_ids, num_joints = _keypoint_categories(coco_gt)
+  if oks_sigmas is None:
+    oks_sigmas = Params(iouType='keypoints').kpt_oks_sigmas
+  sigmas = np.asarray(oks_sigmas, np.float64).reshape(-1)
+  if len(sigmas) != num_joints:
+    raise ValueError(f'{len(sigmas)} OKS sigmas for {num_joints} joints in the ground truth: set '
+                     f'config.eval.oks_sigmas to {num_joints} values')
+  if np.any(~np.isfinite(sigmas) | (sigmas <= 0)):
+    raise ValueError(f'OKS sigmas must be positive, got {sigmas.tolist()}')
+  # Detections of categories without keypoints (a box-only class) are not part of this metric.
+  other = set(coco_gt.cats) - set(cat_ids)
+  dets = [d for d in _load_detections(detections) if d.get('category_id') not in other]
+  dets = _clean_detections(coco_gt, dets, num_joints=num_joints)
+  image_ids = _check_image_ids(coco_gt, image_ids)
+  coco_eval = COCOeval(coco_gt, _results_coco(coco_gt, dets), 'keypoints')
+  coco_eval.params.catIds = cat_ids
+  coco_eval.params.kpt_oks_sigmas = sigmas
+  stats = _run_cocoeval(
+      coco_eval, image_ids,
+      f'COCO keypoints evaluation: {len(dets)} detections on {len(image_ids)} images', log)
+  return {name: float(v) for name, v in zip(KEYPOINT_METRIC_NAMES, stats, strict=True)}
 
 
 def _json_default(obj: Any) -> Any:

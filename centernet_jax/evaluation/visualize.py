@@ -1,4 +1,7 @@
-"""Drawing detections on images and writing image montages (PIL + numpy only)."""
+"""Drawing detections (boxes, and for pose skeletons) on images and writing image montages.
+
+PIL + numpy only.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,76 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from centernet_jax.keypoints import COCO_KEYPOINT_NAMES, COCO_SKELETON
+
+# Joint sides and their colours: a limb between two joints of one side takes that side's colour,
+# any other limb the centre colour.
+LEFT, RIGHT, CENTRE = 0, 1, 2
+SIDE_COLORS = {LEFT: (0, 170, 255), RIGHT: (255, 60, 60), CENTRE: (255, 215, 0)}
+
+
+def keypoint_layout(num_joints: int | None, keypoint_names: Sequence[str] | None = None,
+                    skeleton: Sequence[Sequence[int]] | None = None
+                    ) -> tuple[list[str] | None, list[tuple[int, int]] | None]:
+  """The joint names and 0-based limbs to draw, checked against J.
+
+  Args:
+    num_joints: J (``config.data.num_joints``); None: not a keypoint model.
+    keypoint_names, skeleton: from a checkpoint's meta; None: COCO's when J = 17.
+
+  Returns:
+    (names or None when unknown, limbs) with J; (None, None) when ``num_joints`` is None.
+
+  Raises:
+    ValueError: names or limbs that do not fit J.
+  """
+  if num_joints is None:
+    return None, None
+  num_joints = int(num_joints)
+  coco = num_joints == len(COCO_KEYPOINT_NAMES)
+  if keypoint_names is None and coco:
+    keypoint_names = COCO_KEYPOINT_NAMES
+  if skeleton is None:
+    skeleton = COCO_SKELETON if coco else ()
+  limbs = [(int(a), int(b)) for a, b in skeleton]
+  if keypoint_names is not None and len(keypoint_names) != num_joints:
+    raise ValueError(f'{len(keypoint_names)} keypoint names for num_joints={num_joints}')
+  bad = [limb for limb in limbs if not all(0 <= j < num_joints for j in limb)]
+  if bad:
+    raise ValueError(f'skeleton limbs {bad} name joints outside [0, {num_joints}) (0-based)')
+  return (list(keypoint_names) if keypoint_names is not None else None), limbs
+
+
+def joint_sides(num_joints: int, keypoint_names: Sequence[str] | None = None,
+                flip_pairs: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+  """Side of each joint: LEFT, RIGHT or CENTRE.
+
+  Args:
+    num_joints: J.
+    keypoint_names: [J] names; 'left*' and 'right*' (any case) give the side. Used when given.
+    flip_pairs: 0-based (left, right) joint pairs a mirror swaps (``config.data.flip_pairs``):
+      the first of each pair is taken as left. Used without names.
+
+  Returns:
+    [J] int.
+  """
+  sides = np.full(num_joints, CENTRE, np.int64)
+  if keypoint_names is not None:
+    if len(keypoint_names) != num_joints:
+      raise ValueError(f'{len(keypoint_names)} keypoint names for {num_joints} joints')
+    for j, name in enumerate(keypoint_names):
+      lower = str(name).lower()
+      if lower.startswith('left'):
+        sides[j] = LEFT
+      elif lower.startswith('right'):
+        sides[j] = RIGHT
+  elif flip_pairs is not None:
+    for a, b in flip_pairs:
+      if not (0 <= a < num_joints and 0 <= b < num_joints):
+        raise ValueError(f'flip pair ({a}, {b}) out of range for {num_joints} joints')
+      sides[a], sides[b] = LEFT, RIGHT
+  return sides
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -41,8 +114,14 @@ def draw_detections(
     labels: np.ndarray,
     class_names: Sequence[str] | Mapping[int, str] | None = None,
     score_threshold: float = 0.3,
+    keypoints: np.ndarray | None = None,
+    keypoint_scores: np.ndarray | None = None,
+    skeleton: Sequence[Sequence[int]] | None = None,
+    keypoint_threshold: float = 0.0,
+    keypoint_names: Sequence[str] | None = None,
+    flip_pairs: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
-  """Draws boxes with "name score" captions, one colour per class.
+  """Draws boxes with "name score" captions, one colour per class, and pose skeletons.
 
   Args:
     image: [H, W, 3] uint8 RGB (float in [0, 1] or [0, 255] and greyscale are converted).
@@ -52,6 +131,14 @@ def draw_detections(
     labels: [N] int contiguous labels.
     class_names: label -> name, as a list or a dict; None (or a missing label) prints the label.
     score_threshold: minimum score to draw.
+    keypoints: optional [N, J, 2] x, y of each detection's joints in the image's pixels: the
+      joints (dots) and limbs of every drawn detection are drawn, coloured by side
+      (:func:`joint_sides`, :data:`SIDE_COLORS`).
+    keypoint_scores: optional [N, J]; joints scoring below ``keypoint_threshold`` (and their
+      limbs) are not drawn. None: every joint is drawn.
+    skeleton: 0-based (joint, joint) limbs; None: joints only.
+    keypoint_threshold: minimum joint score to draw (0: every joint, as the official debugger).
+    keypoint_names, flip_pairs: give the joints' sides (names first).
 
   Returns:
     [H, W, 3] uint8 RGB copy of the image with the detections drawn.
@@ -63,6 +150,9 @@ def draw_detections(
   if not len(boxes) == len(scores) == len(labels):
     raise ValueError(
       f'boxes, scores and labels disagree in length: {len(boxes)}, {len(scores)}, {len(labels)}')
+  pose = _check_pose(len(boxes), keypoints, keypoint_scores, skeleton)
+  if pose is not None:
+    sides = joint_sides(pose[0].shape[1], keypoint_names, flip_pairs)
   pil = Image.fromarray(image)
   draw = ImageDraw.Draw(pil)
   font = ImageFont.load_default()
@@ -83,6 +173,9 @@ def draw_detections(
     x1, x2 = sorted((x1, x2))
     y1, y2 = sorted((y1, y2))
     draw.rectangle([x1, y1, x2, y2], outline=color, width=line)
+    if pose is not None:
+      kps, kp_scores, limbs = pose
+      _draw_skeleton(draw, kps[i], kp_scores[i] >= keypoint_threshold, limbs, sides, line)
     text = f'{name} {scores[i]:.2f}'
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     tw, th = right - left, bottom - top
@@ -92,6 +185,40 @@ def draw_detections(
     draw.rectangle([tx, ty, tx + tw + 2, ty + th + 2], fill=color)
     draw.text((tx + 1 - left, ty + 1 - top), text, fill=(0, 0, 0), font=font)
   return np.asarray(pil)
+
+
+def _check_pose(n: int, keypoints, keypoint_scores, skeleton):
+  """(keypoints [N, J, 2], scores [N, J], limbs [L, 2]) as arrays, or None without keypoints."""
+  if keypoints is None:
+    return None
+  kps = np.asarray(keypoints, np.float64)
+  if kps.ndim != 3 or kps.shape[0] != n or kps.shape[2] != 2:
+    raise ValueError(f'keypoints must be [N={n}, J, 2], got shape {kps.shape}')
+  j = kps.shape[1]
+  if keypoint_scores is None:
+    scores = np.ones((n, j))
+  else:
+    scores = np.asarray(keypoint_scores, np.float64)
+    if scores.shape != (n, j):
+      raise ValueError(f'keypoint_scores must be [N={n}, J={j}], got shape {scores.shape}')
+  limbs = np.asarray(skeleton if skeleton is not None else [], np.int64).reshape(-1, 2)
+  if limbs.size and (limbs.min() < 0 or limbs.max() >= j):
+    raise ValueError(f'skeleton limbs {limbs.tolist()} name joints outside [0, {j})')
+  return kps, scores, limbs
+
+
+def _draw_skeleton(draw: ImageDraw.ImageDraw, kps: np.ndarray, shown: np.ndarray,
+                   limbs: np.ndarray, sides: np.ndarray, line: int) -> None:
+  """Limbs (between shown joints), then joints as dots, coloured by side."""
+  for a, b in limbs:
+    if shown[a] and shown[b]:
+      side = sides[a] if sides[a] == sides[b] else CENTRE
+      draw.line([tuple(kps[a]), tuple(kps[b])], fill=SIDE_COLORS[int(side)], width=line + 1)
+  radius = line + 1
+  for (x, y), side, show in zip(kps.tolist(), sides, shown, strict=True):
+    if show:
+      draw.ellipse([x - radius, y - radius, x + radius, y + radius],
+                   fill=SIDE_COLORS[int(side)])
 
 
 def save_grid(

@@ -20,20 +20,17 @@ import numpy as np
 import optax
 
 from centernet_jax import decode, gaussian, losses, models, nms, state
+from centernet_jax.keypoints import (
+    COCO_FLIP_PAIRS,
+    COCO_NUM_JOINTS,
+    COCO_OKS_SIGMAS,
+    flip_permutation,
+)
 from centernet_jax.tasks import ctdet
 
 NAME = 'multi_pose'
 # Detection arrays whose last axis holds (x, y) pairs in output-map coordinates.
 POINT_KEYS = ('boxes', 'keypoints')
-
-# COCO person keypoints: 17 joints, 0-based left/right pairs (official flip_idx).
-COCO_NUM_JOINTS = 17
-COCO_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
-# pycocotools' per-joint OKS sigmas of the 17 COCO joints (COCOeval Params.kpt_oks_sigmas).
-COCO_OKS_SIGMAS = (.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87,
-                   .89, .89)
-COCO_OKS_SIGMAS = tuple(s / 10.0 for s in COCO_OKS_SIGMAS)
-
 
 def add_config(c: ml_collections.ConfigDict) -> None:
   """Adds the multi_pose keys (official defaults) to the shared config sections."""
@@ -64,24 +61,6 @@ def heads(num_classes: int, config: ml_collections.ConfigDict | None = None
   j = int(config.data.num_joints) if config is not None else COCO_NUM_JOINTS
   return (('hm', num_classes), ('wh', 2), ('hps', 2 * j), ('reg', 2), ('hm_hp', j),
           ('hp_offset', 2))
-
-
-def flip_permutation(num_joints: int, flip_pairs: Sequence[Sequence[int]]) -> np.ndarray:
-  """Joint order of a mirrored image: index j holds the joint that j becomes (pairs swapped).
-
-  Raises:
-    ValueError: a pair out of range, or a joint in two pairs (names ``config.data.flip_pairs``).
-  """
-  perm = np.arange(num_joints)
-  seen = set()
-  for pair in flip_pairs:
-    a, b = (int(v) for v in pair)
-    if not (0 <= a < num_joints and 0 <= b < num_joints) or {a, b} & seen or a == b:
-      raise ValueError(f'config.data.flip_pairs={tuple(map(tuple, flip_pairs))!r}: pairs of two '
-                       f'different joints in [0, {num_joints}), each joint in one pair at most')
-    seen |= {a, b}
-    perm[a], perm[b] = b, a
-  return perm
 
 
 def multi_pose_targets(
