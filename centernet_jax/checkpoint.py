@@ -113,11 +113,38 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+# The label space a checkpoint was trained on: compared when both metas record it.
+_LABEL_FIELDS = ('category_ids', 'class_names', 'keypoint_names')
+
+
+def _label_diffs(saved: dict, expected: dict) -> list[str]:
+  """One line per label field (``_LABEL_FIELDS``) recorded in both metas and differing, naming
+  the labels whose entries differ."""
+  diffs = []
+  for key in _LABEL_FIELDS:
+    if key not in saved or key not in expected:
+      continue
+    old, new = list(saved[key]), list(expected[key])
+    if old == new:
+      continue
+    if len(old) == len(new):
+      changed = [f'label {i}: {a!r} -> {b!r}' for i, (a, b) in enumerate(zip(old, new,
+                                                                            strict=True))
+                 if a != b]
+      detail = ', '.join(changed[:10]) + (f' ... ({len(changed)} labels)'
+                                          if len(changed) > 10 else '')
+    else:
+      detail = f'{len(old)} -> {len(new)} entries'
+    diffs.append(f'{key}: checkpoint has {old!r}, data has {new!r} ({detail})')
+  return diffs
+
+
 def check_meta(saved: dict, expected: dict, where: str) -> None:
-  """Raises ModelMismatchError naming every model field that differs."""
+  """Raises ModelMismatchError naming every model field, and every label field
+  (category ids, class names, joint names) recorded in both metas, that differs."""
   # Compared as JSON (what the meta item stores): tuples come back as lists.
-  saved_model, want_model = (json.loads(json.dumps(m.get('model', {}), default=str))
-                             for m in (saved, expected))
+  saved, expected = (json.loads(json.dumps(m, default=str)) for m in (saved, expected))
+  saved_model, want_model = saved.get('model', {}), expected.get('model', {})
   diffs = [f'model.{k}: checkpoint has {saved_model.get(k)!r}, config has {want_model.get(k)!r}'
            for k in sorted(set(saved_model) | set(want_model))
            if k not in _RUNTIME_ONLY and saved_model.get(k) != want_model.get(k)]
@@ -125,6 +152,12 @@ def check_meta(saved: dict, expected: dict, where: str) -> None:
     raise ModelMismatchError(
         f'{where} holds a checkpoint of another model:\n  ' + '\n  '.join(diffs) +
         '\nUse another --workdir, or a config matching the checkpoint.')
+  labels = _label_diffs(saved, expected)
+  if labels:
+    raise ModelMismatchError(
+        f'{where} holds a checkpoint trained on other categories:\n  ' + '\n  '.join(labels) +
+        '\nIts outputs would mean other classes. Use another --workdir (or config.init to start '
+        'from its weights), or the data the checkpoint was trained on.')
 
 
 class Checkpointer:

@@ -5,14 +5,23 @@ task named explicitly and overrides what differs, so every config of a task carr
 that task (any config trains on any data source) and no key of another task. Configs are locked:
 an unknown key, a typo or another task's key (``--config.loss.pull_weight=...`` on a ctdet
 config) fails loudly.
+
+Entry points find a config by path, by the name of a shipped config (:func:`resolve_config_spec`)
+or in the run's ``config.json`` (:func:`saved_config`), and check it with :func:`validate`
+before any work.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import os
+
 import ml_collections
 
 from centernet_jax import tasks
-from centernet_jax.data.config import data_config
+from centernet_jax.data.config import MAX_OBJS_POLICIES, SOURCES, data_config
 
 # The class count of COCO 2017 detection (the official models' heatmap channels).
 COCO_NUM_CLASSES = 80
@@ -135,25 +144,10 @@ def base_config(task: str = 'ctdet') -> ml_collections.ConfigDict:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flags parser for the entry points: a bad flag or config override exits with one line.
+  """absl flags parser of the entry points (:func:`centernet_jax.cli.parse_flags`)."""
+  from centernet_jax import cli
 
-  ``--config.x.y=v`` with an unknown key raises AttributeError/KeyError inside ml_collections;
-  this turns it (and absl's own flag errors) into ``error: ...`` on stderr and exit status 2.
-  """
-  import sys
-
-  from absl import flags
-
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    message = str(e).strip('"\'')
-    if isinstance(e, (AttributeError, KeyError)):
-      message = (f'unknown config key {message}: the shared keys are listed in '
-                 'centernet_jax/config_lib.py (data: centernet_jax/data/config.py), each '
-                 "task's own in centernet_jax/tasks/<config.task>.py: add_config")
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(2)
+  return cli.parse_flags(argv)
 
 
 def coco_config(*, task: str, arch: str, depth: int, batch_size: int, lr: float
@@ -213,3 +207,258 @@ def shapes_cpu_config(*, task: str, num_steps: int, warmup_steps: int, eval_ever
   c.optim.grad_clip = 10.0
   c.eval.batch_size = 10
   return c
+
+
+# --- Finding configs: a path, a shipped config's name, or a run's saved config ---------------
+
+SAVED_CONFIG = 'config.json'  # written into the workdir by train.py
+
+
+class ConfigError(ValueError):
+  """A config that cannot be found or loaded, or values of the wrong type or out of range."""
+
+
+def shipped_configs_dir() -> str:
+  """The folder of the shipped experiment configs.
+
+  ``configs/`` at the top of the repository (a checkout, an editable install), or the
+  ``centernet_jax/configs`` package data an installed wheel carries (pyproject.toml maps the
+  one onto the other).
+  """
+  package = os.path.dirname(os.path.abspath(__file__))
+  installed = os.path.join(package, 'configs')
+  return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(package),
+                                                                   'configs')
+
+
+def shipped_configs() -> list[str]:
+  """Names of the shipped configs (``--config <name>``), sorted."""
+  directory = shipped_configs_dir()
+  if not os.path.isdir(directory):
+    return []
+  return sorted(n[:-3] for n in os.listdir(directory)
+                if n.endswith('.py') and not n.startswith('_'))
+
+
+def resolve_config_spec(spec: str) -> str:
+  """``--config`` as given -> ``path[:arg]`` of the config file to load.
+
+  A file that exists is taken as it is. Otherwise a bare name (``ctdet_resnet18_coco``, with or
+  without ``.py``, or written ``configs/<name>.py`` from another working directory) names a
+  shipped config. The part after the first ``:`` is the config's argument and is kept.
+
+  Raises:
+    ConfigError: naming the shipped configs when ``spec`` is neither.
+  """
+  path, sep, arg = spec.partition(':')
+  if os.path.isfile(path):
+    return spec
+  head, name = os.path.split(path)
+  name = name[:-3] if name.endswith('.py') else name
+  candidate = os.path.join(shipped_configs_dir(), name + '.py')
+  if name and head in ('', 'configs') and os.path.isfile(candidate):
+    return candidate + sep + arg
+  what = 'no config file' if head or path.endswith('.py') else 'no config file or shipped config'
+  raise ConfigError(f'{what} named {path}; shipped configs (give a name or a path): '
+                    f'{", ".join(shipped_configs()) or "none found"}')
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config ``--config spec`` names (:func:`resolve_config_spec`), locked, no overrides."""
+  import importlib.util
+
+  path, _, arg = resolve_config_spec(spec).partition(':')
+  module_spec = importlib.util.spec_from_file_location('centernet_jax_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  config.lock()
+  return config
+
+
+def run_dir(path: str) -> str:
+  """The workdir of a workdir, its ``checkpoints`` folder or one ``checkpoints/<step>`` folder."""
+  path = os.path.abspath(path.rstrip('/') or '/')
+  parent = os.path.dirname(path)
+  if os.path.basename(path).isdigit() and os.path.basename(parent) == 'checkpoints':
+    return os.path.dirname(parent)
+  if os.path.basename(path) == 'checkpoints':
+    return parent
+  return path
+
+
+def saved_config_path(path: str) -> str | None:
+  """``<workdir>/config.json`` of the run ``path`` belongs to (:func:`run_dir`), if written."""
+  candidate = os.path.join(run_dir(path), SAVED_CONFIG)
+  return candidate if os.path.isfile(candidate) else None
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes ``<workdir>/config.json`` (what :func:`saved_config` reads back); returns its path."""
+  path = os.path.join(workdir, SAVED_CONFIG)
+  with open(path, 'w') as f:
+    json.dump(config.to_dict(), f, indent=2, default=str)
+  return path
+
+
+def config_from_dict(saved: dict, where: str = 'the saved config') -> ml_collections.ConfigDict:
+  """A locked config of ``saved['task']`` with the values of ``saved`` (a run's config.json).
+
+  JSON lists become tuples where the config has tuples; keys this version does not know are
+  left out with a warning (a config.json from another version of the code).
+
+  Raises:
+    ConfigError: ``saved`` is not a config (no known task, or a value of the wrong type).
+  """
+  task = saved.get('task', 'ctdet') if isinstance(saved, dict) else None
+  if task not in tasks.TASKS:
+    raise ConfigError(f'{where} is not a config of a known task (task={task!r}; known: '
+                      f'{sorted(tasks.TASKS)})')
+  config = base_config(task)
+  unknown: list[str] = []
+  try:
+    _update(config, saved, '', unknown)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'{where}: {e}') from None
+  if unknown:
+    logging.warning('%s: keys not known to this version left out: %s', where,
+                    ', '.join(unknown))
+  return config
+
+
+def _update(node: ml_collections.ConfigDict, values: dict, prefix: str,
+            unknown: list[str]) -> None:
+  for key, value in values.items():
+    name = prefix + key
+    if key not in node:
+      unknown.append(name)
+    elif isinstance(node[key], ml_collections.ConfigDict):
+      if not isinstance(value, dict):
+        raise TypeError(f'{name} must be a section, got {value!r}')
+      _update(node[key], value, name + '.', unknown)
+    else:
+      node[key] = _tuples(value) if isinstance(node[key], tuple) else value
+
+
+def _tuples(value):
+  return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def saved_config(path: str) -> ml_collections.ConfigDict | None:
+  """The config a training run saved (``<workdir>/config.json``), or None when there is none.
+
+  Args:
+    path: the run's workdir, its ``checkpoints`` folder or one checkpoint folder.
+
+  Raises:
+    ConfigError: the file is not valid JSON or not a config.
+  """
+  file = saved_config_path(path)
+  if file is None:
+    return None
+  try:
+    with open(file) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'cannot read {file}: {e}') from None
+  return config_from_dict(saved, file)
+
+
+# --- Validation: every entry point checks the shared keys before doing any work --------------
+
+_CHOICES = {
+    'data.source': SOURCES,
+    'data.channel_order': ('BGR', 'RGB'),
+    'data.eval_mode': ('keep_res', 'fixed_res'),
+    'data.max_objs_policy': MAX_OBJS_POLICIES,
+    'data.exif_orientation': ('apply', 'ignore'),  # data/coco.py EXIF_ORIENTATION_MODES
+    'model.dtype': ('float32', 'bfloat16'),  # models/layers.py DTYPES
+    'model.upsample': ('subpixel', 'conv_transpose'),  # models/layers.py UPSAMPLE_IMPLS
+    'optim.schedule': ('step', 'cosine'),
+    'optim.lr_steps_unit': ('epochs', 'steps'),
+    'train.nonfinite_policy': ('stop', 'skip'),
+    'eval.nms_method': ('gaussian', 'linear', 'hard'),  # nms.py METHODS
+}
+_POSITIVE_INTS = ('data.input_size', 'data.max_objs', 'data.eval_size', 'model.down_ratio',
+                  'train.batch_size', 'train.log_every', 'train.checkpoint_every', 'eval.K',
+                  'eval.batch_size')
+_NON_NEGATIVE_INTS = ('data.eval_pad', 'model.head_conv', 'optim.warmup_steps')
+_FRACTIONS = ('data.flip', 'data.max_skip_fraction')
+
+
+def _get(config: ml_collections.ConfigDict, path: str):
+  node = config
+  for part in path.split('.'):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+_MISSING = object()
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def config_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """What :func:`validate` objects to, one entry per key (empty when the config is fine)."""
+  problems = []
+
+  def bad(path: str, want: str) -> None:
+    problems.append(f'config.{path} must be {want}, got {_get(config, path)!r}')
+
+  if config.get('task') not in tasks.TASKS:
+    bad('task', f'one of {", ".join(sorted(tasks.TASKS))}')
+  for path, choices in _CHOICES.items():
+    value = _get(config, path)
+    if value is not _MISSING and value not in choices:
+      bad(path, f'one of {", ".join(choices)}')
+  for path in ('data.mean', 'data.std'):
+    value = _get(config, path)
+    if value is _MISSING:
+      continue
+    if (not isinstance(value, tuple | list) or len(value) != 3
+        or not all(_is_number(v) for v in value)):
+      bad(path, 'three numbers, one per channel, e.g. (0.408, 0.447, 0.470)')
+    elif path == 'data.std' and not all(v > 0 for v in value):
+      bad(path, 'three positive numbers')
+  for path in _POSITIVE_INTS:
+    value = _get(config, path)
+    if value is not _MISSING and not (_is_int(value) and value > 0):
+      bad(path, 'a positive integer')
+  for path in _NON_NEGATIVE_INTS:
+    value = _get(config, path)
+    if value is not _MISSING and not (_is_int(value) and value >= 0):
+      bad(path, 'an integer >= 0')
+  for path in _FRACTIONS:
+    value = _get(config, path)
+    if value is not _MISSING and not (_is_number(value) and 0 <= value <= 1):
+      bad(path, 'a number from 0 to 1')
+  lr = _get(config, 'optim.lr')
+  if lr is not _MISSING and not (_is_number(lr) and (lr > 0 or lr == -1)):
+    bad('optim.lr', 'a positive number, or -1 (the linear rule from optim.base_lr)')
+  scales = _get(config, 'eval.test_scales')
+  if scales is not _MISSING and (not isinstance(scales, tuple | list) or not scales or not all(
+      _is_number(s) and s > 0 for s in scales)):
+    bad('eval.test_scales', 'one or more positive numbers, e.g. (1.0,) or (0.5, 1.0, 1.5)')
+  steps, epochs = _get(config, 'train.num_steps'), _get(config, 'train.num_epochs')
+  if _is_int(steps) and steps <= 0 and not (_is_int(epochs) and epochs > 0):
+    bad('train.num_epochs', 'a positive integer when train.num_steps <= 0')
+  return problems
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the types and ranges of the shared keys, so a bad value fails before any work.
+
+  Raises:
+    ConfigError: naming every bad key, its value and what it must be.
+  """
+  problems = config_problems(config)
+  if problems:
+    raise ConfigError('; '.join(problems))

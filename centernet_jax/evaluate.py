@@ -1,10 +1,14 @@
 r"""Evaluate a checkpoint with pycocotools.
 
-``python -m centernet_jax.evaluate --config configs/X.py --workdir W [--step N]`` writes
-``W/eval/step_<N>/detections.json`` (COCO results: original category ids, [x, y, w, h] in
-original image pixels, and for multi_pose the keypoints) and ``W/eval/step_<N>/metrics.json``
+``python -m centernet_jax.evaluate --workdir W [--step N] [--config X] [--config.a.b=v ...]``
+writes ``W/eval/step_<N>/detections.json`` (COCO results: original category ids, [x, y, w, h]
+in original image pixels, and for multi_pose the keypoints) and ``W/eval/step_<N>/metrics.json``
 (AP ... AR100 over every image of the validation split, and multi_pose's kp_AP ... kp_ARl) and
-prints the standard pycocotools summaries.
+prints the standard pycocotools summaries. Without ``--config`` the run's saved config
+(``W/config.json``) is used. An evaluation whose settings differ from the run's own (flip,
+test scales, eval mode, K, ...: :func:`eval_setting`) writes ``W/eval/step_<N>_<setting>/``
+(e.g. ``step_2200_flip``) with a ``setting.json``, so it overwrites neither the training-time
+evaluation nor an evaluation with other settings.
 
 What is evaluated is the task's: its ``coco_results(dets, image_id, category_ids, config)`` turns
 one image's detections into COCO results and its ``evaluate(gt, results, image_ids, config,
@@ -18,20 +22,21 @@ From Python (the training loop does this)::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import sys
 
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from ml_collections import config_flags
 
-from centernet_jax import checkpoint, config_lib, fault, inference, tasks
+from centernet_jax import checkpoint, cli, config_lib, fault, inference, tasks
 from centernet_jax.evaluation import coco as coco_eval
 
 FLAGS = flags.FLAGS
@@ -192,10 +197,90 @@ def _progress(it, info, num_images):
               postfix={'images': total})
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> dict:
-  """Evaluates ``workdir``'s checkpoint at ``step`` (default latest); returns metrics."""
+# --- Where an evaluation is written: eval/step_<N>[_<setting>] ---------------------------------
+
+SAVED = 'saved'  # run()'s default reference: the run's own config (W/config.json)
+# Keys outside config.eval that change what an evaluation computes (every eval key does, except
+# the batch size).
+_EVAL_KEYS_OUTSIDE_EVAL = ('data.eval_mode', 'data.eval_pad', 'data.eval_size',
+                           'data.channel_order', 'data.mean', 'data.std', 'model.dtype')
+_ON_OFF = {'eval.flip_test': ('flip', 'noflip'), 'eval.round_results': ('rounded', 'unrounded')}
+
+
+def _value(config: ml_collections.ConfigDict, path: str):
+  """The value at a dotted path, as JSON sees it (tuples as lists); None when absent."""
+  node = config
+  for part in path.split('.'):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return None
+    node = node[part]
+  return json.loads(json.dumps(node.to_dict() if isinstance(node, ml_collections.ConfigDict)
+                               else node, default=str))
+
+
+def eval_setting(config: ml_collections.ConfigDict,
+                 reference: ml_collections.ConfigDict | None) -> dict:
+  """{dotted key: value} of the evaluation settings in which ``config`` differs from ``reference``.
+
+  Every ``eval`` key except ``batch_size``, and the data and model keys that change the input or
+  the arithmetic (``eval_pad`` only for ``keep_res``, ``eval_size`` only for ``fixed_res``).
+  Empty when ``reference`` is None or evaluates the same way.
+  """
+  if reference is None:
+    return {}
+  paths = [f'eval.{k}' for k in config.eval if k != 'batch_size']
+  paths += [p for p in _EVAL_KEYS_OUTSIDE_EVAL if p != ('data.eval_size' if
+            config.data.eval_mode == 'keep_res' else 'data.eval_pad')]
+  return {p: _value(config, p) for p in paths if _value(config, p) != _value(reference, p)}
+
+
+def eval_setting_name(setting: dict) -> str:
+  """A folder-name suffix for an :func:`eval_setting`: 'flip', 'K20_fixed_res', 'scales0.5-1'.
+
+  '' for an empty setting.
+  """
+  parts = []
+  for path, value in setting.items():
+    key = path.split('.')[-1].removeprefix('eval_')
+    if path in _ON_OFF:
+      parts.append(_ON_OFF[path][0 if value else 1])
+    elif path in ('data.eval_mode', 'model.dtype'):
+      parts.append(str(value))
+    elif path == 'eval.test_scales':
+      parts.append('scales' + '-'.join(f'{float(v):g}' for v in value))
+    else:
+      values = value if isinstance(value, list) else [value]
+      parts.append(key + '-'.join(f'{v:g}' if isinstance(v, float) else str(v).lower()
+                                  if isinstance(v, bool) else str(v) for v in values))
+  return re.sub(r'[^A-Za-z0-9._-]+', '-', '_'.join(parts))
+
+
+def eval_dir(workdir: str, step: int, setting: dict | None = None) -> str:
+  """``<workdir>/eval/step_<step>``, with ``_<setting name>`` when the setting is not empty."""
+  name = eval_setting_name(setting or {})
+  return os.path.join(workdir, 'eval', f'step_{step}' + (f'_{name}' if name else ''))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, step: int | None = None, *,
+        reference: ml_collections.ConfigDict | str | None = SAVED) -> dict:
+  """Evaluates ``workdir``'s checkpoint at ``step`` (default latest); returns metrics.
+
+  Args:
+    config: the config to evaluate with.
+    workdir: a training workdir (or its checkpoints folder, or one checkpoint folder).
+    step: the checkpoint's step; default: the latest.
+    reference: what ``config``'s evaluation settings are compared with to name the output
+      folder (:func:`eval_dir`): a config, :data:`SAVED` (the run's ``config.json``, when there
+      is one) or None (always ``eval/step_<N>/``).
+
+  Raises:
+    FileNotFoundError: no checkpoint (of that step: the message lists the steps there are).
+    ValueError: the data set's categories differ from the checkpoint's.
+  """
   from centernet_jax.data import pipeline
 
+  if isinstance(reference, str):
+    reference = config_lib.saved_config(workdir)
   info = pipeline.get_dataset_info(config.data, workdir=workdir)
   if config.model.num_classes > 0 and config.model.num_classes != info.num_classes:
     raise ValueError(f'config.model.num_classes={config.model.num_classes} but the data set has '
@@ -205,23 +290,33 @@ def run(config: ml_collections.ConfigDict, workdir: str, step: int | None = None
   if [int(c) for c in meta['category_ids']] != [int(c) for c in info.category_ids]:
     raise ValueError(f'the checkpoint in {workdir} was trained on categories '
                      f'{meta["category_ids"]}, the validation data has {list(info.category_ids)}')
+  setting = eval_setting(config, reference)
+  out_dir = eval_dir(config_lib.run_dir(workdir), restored.step, setting)
+  if setting and jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    coco_eval.write_json(os.path.join(out_dir, 'setting.json'), setting)
   evaluator = Evaluator(restored.config, restored.model, info)
-  return evaluator(restored.variables, os.path.join(workdir, 'eval', f'step_{restored.step}'))
+  return evaluator(restored.variables, out_dir)
 
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.INFO)
   try:
-    run(FLAGS.config, FLAGS.workdir, FLAGS.step)
+    run(FLAGS.config, FLAGS.workdir, FLAGS.step, reference=_reference())
   except (checkpoint.ModelMismatchError, ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    cli.fail(e, 1)
+
+
+def _reference() -> ml_collections.ConfigDict | str | None:
+  """The run's saved config; without one, the --config file as written (no overrides)."""
+  saved = config_lib.saved_config(FLAGS.workdir)
+  if saved is not None:
+    return saved
+  filename = getattr(FLAGS['config'], '_config_filename', None)  # 'path[:arg]' once parsed
+  return config_lib.load_config_file(filename) if isinstance(filename, str) else None
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Work directory holding checkpoints/.')
+  flags.DEFINE_string('workdir', None, 'Work directory holding checkpoints/ (and config.json).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main, flags_parser=config_lib.parse_flags)
+  cli.run(main, run_flags=('workdir',), required=('workdir',))

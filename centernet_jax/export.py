@@ -2,9 +2,10 @@ r"""Export a trained detector for serving: StableHLO (``jax.export``) or a TF Sa
 
 Command line::
 
-  python -m centernet_jax.export --config configs/X.py --workdir W \
-      --format {stablehlo,savedmodel} --output DIR [--batch 0] [--height H --width W] \
-      [--input {uint8,float}] [--step N]
+  python -m centernet_jax.export --workdir W --format {stablehlo,savedmodel} --output DIR \
+      [--batch 0] [--height H --width W] [--input {uint8,float}] [--step N] [--config X]
+
+(without ``--config``, the run's saved config ``W/config.json``).
 
 The artifact holds the whole inference, weights included: normalisation (uint8 input), network,
 sigmoid, peak extraction, top-K (whatever the task's ``make_predict_fn`` decodes), and the
@@ -35,17 +36,15 @@ import contextlib
 import datetime
 import json
 import os
-import sys
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from centernet_jax import boxes, config_lib
+from centernet_jax import boxes, cli
 from centernet_jax.serving import METADATA_FILE, STABLEHLO_FILE
 
 FLAGS = flags.FLAGS
@@ -334,15 +333,14 @@ def main(argv):
     info = run(FLAGS.config, FLAGS.workdir, FLAGS.format, FLAGS.output, batch=FLAGS.batch,
                height=FLAGS.height, width=FLAGS.width, input_dtype=FLAGS.input, step=FLAGS.step)
   except (checkpoint.ModelMismatchError, ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    cli.fail(e, 1)
   print(json.dumps({k: info[k] for k in ('format', 'input', 'step')}
                    | {'output': os.path.abspath(FLAGS.output)}))
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Work directory holding checkpoints/ (or one checkpoint).')
+  flags.DEFINE_string('workdir', None, 'Work directory holding checkpoints/ and config.json (or '
+                      'one checkpoint).')
   flags.DEFINE_string('format', 'stablehlo', f'One of {FORMATS}.')
   flags.DEFINE_string('output', None, 'Output folder.')
   flags.DEFINE_integer('batch', 0, 'Fixed batch size; 0 or -1: symbolic (any batch).')
@@ -351,5 +349,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('width', None, 'Input canvas width (same default).')
   flags.DEFINE_string('input', 'uint8', f'Input: {INPUTS} (uint8 RGB, or normalised float32).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
-  flags.mark_flags_as_required(['config', 'workdir', 'output'])
-  app.run(main, flags_parser=config_lib.parse_flags)
+  cli.run(main, run_flags=('workdir',), required=('workdir', 'output'))

@@ -14,6 +14,7 @@ The one library that evaluation, predict, export and the training loop share:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -77,12 +78,22 @@ def restore(config: ml_collections.ConfigDict, path: str, step: int | None = Non
     A :class:`Restored`.
 
   Raises:
-    FileNotFoundError: no checkpoint there.
+    FileNotFoundError: no checkpoint there, or none of ``step`` (the message lists the steps
+      there are).
     checkpoint.ModelMismatchError: the checkpoint holds another model than the config's.
   """
+  from centernet_jax.cli import READ_ONLY_FILTER
+
+  # Orbax announces read-only opening in words that read like a permissions problem.
+  logging.getLogger('absl').addFilter(READ_ONLY_FILTER)
   ckpt_dir, path_step = checkpoint.split_checkpoint_path(path)
   ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
   try:
+    if step is not None and step not in (steps := ckpt.all_steps()):
+      raise FileNotFoundError(
+          f'no checkpoint of step {step} in {ckpt_dir}; ' +
+          (f'the steps there are {", ".join(str(s) for s in sorted(steps))}' if steps
+           else 'there is no checkpoint there'))
     step = step if step is not None else path_step
     step = step if step is not None else ckpt.latest_step()
     if step is None:
@@ -135,7 +146,8 @@ def normalize(images, *, mean: Sequence[float], std: Sequence[float], channel_or
   return (images - xp.asarray(mean, xp.float32)) / xp.asarray(std, xp.float32)
 
 
-def read_image(image: str | os.PathLike | np.ndarray) -> np.ndarray:
+def read_image(image: str | os.PathLike | np.ndarray, exif_orientation: str = 'apply'
+               ) -> np.ndarray:
   """An image file or array as uint8 RGB [H, W, 3].
 
   Files are decoded with TensorFlow as the evaluation pipeline decodes them (PIL's JPEG decoder
@@ -143,13 +155,15 @@ def read_image(image: str | os.PathLike | np.ndarray) -> np.ndarray:
 
   Args:
     image: a file path, or a uint8 array [H, W, 3] RGB, [H, W, 4] RGBA or [H, W] grayscale.
+    exif_orientation: 'apply' (a JPEG's EXIF orientation is applied, as training and evaluation
+      do: ``config.data.exif_orientation``) or 'ignore'.
 
   Raises:
     DataError: missing or undecodable file, or an array of another dtype or shape.
   """
   from centernet_jax.data import sources  # TensorFlow only when an image is read
 
-  return sources.read_image(image)
+  return sources.read_image(image, exif_orientation)
 
 
 def preprocess(image: np.ndarray, data_cfg: ml_collections.ConfigDict) -> dict:

@@ -1,9 +1,12 @@
 r"""Train a detector: ``python -m centernet_jax.train --config configs/X.py --workdir W``.
 
-Rerunning the same command resumes from W's latest checkpoint; the data stream continues where
-it stopped (it is a pure function of the seed and the step). Multi-host: run the same command on
-every host with ``--distributed`` (TPU pods, SLURM) or with ``--coordinator_address``,
-``--num_processes`` and ``--process_id``.
+``--config`` also takes a shipped config's name (``--config ctdet_resnet18_coco``). Rerunning
+the same command resumes from W's latest checkpoint (``--workdir W`` alone resumes with the
+run's saved ``W/config.json``); the data stream continues where it stopped (it is a pure
+function of the seed and the step). Rerunning a finished run (last checkpoint and its
+evaluation written) says there is nothing to do, before anything is built or compiled.
+Multi-host: run the same command on every host with ``--distributed`` (TPU pods, SLURM) or with
+``--coordinator_address``, ``--num_processes`` and ``--process_id``.
 
 Fault tolerance (``fault.py``; experiments/fault_tolerance.md):
   * SIGTERM / SIGINT (to any process): every process finishes the same step, a checkpoint of it
@@ -31,21 +34,31 @@ import time
 
 import jax
 import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from centernet_jax import checkpoint, config_lib, fault, models, optim, sharding, state, tasks
+from centernet_jax import (
+  checkpoint,
+  cli,
+  config_lib,
+  fault,
+  models,
+  optim,
+  sharding,
+  state,
+  tasks,
+)
+from centernet_jax.data import errors
 from centernet_jax.metric_writer import MetricWriter
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and evaluation.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host).')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
 flags.DEFINE_integer('process_id', None, 'This process (multi-host).')
 
-HOST_KEYS = ('image_id', 'skipped')  # batch entries that stay on the host (messages, counts)
+# batch entries that stay on the host (messages, counts)
+HOST_KEYS = ('image_id', 'skipped', 'skip_reasons', 'dropped_objects')
 
 
 def checkpoint_meta(config: ml_collections.ConfigDict, info) -> dict:
@@ -84,17 +97,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   info = pipeline.get_dataset_info(config.data, workdir=workdir)
   config = tasks.resolve_config(config, info.num_classes)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(config.to_dict(), f, indent=2, default=str)
-
-  # --- Mesh: the batch is split over every device of every process ---------------------------
-  mesh = sharding.make_mesh()
   global_batch = config.train.batch_size
-  sharding.check_global_batch(global_batch)
   steps_per_epoch = max(info.num_train // global_batch, 1)
   total_steps = (config.train.num_steps if config.train.num_steps > 0
                  else config.train.num_epochs * steps_per_epoch)
+  finished = finished_run(workdir, total_steps, checkpoint_meta(config, info))
+  if finished is not None:  # before anything is built or compiled
+    return finished
+  if jax.process_index() == 0:
+    config_lib.save_config(config, workdir)
+
+  # --- Mesh: the batch is split over every device of every process ---------------------------
+  mesh = sharding.make_mesh()
+  sharding.check_global_batch(global_batch)
 
   # --- Model and optimiser -------------------------------------------------------------------
   model = models.build_model(config.model)
@@ -132,17 +147,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   batches = sharding.Prefetcher(pipeline.create_train_iterator(
       config.data, info=info, global_batch_size=global_batch, seed=config.seed,
       start_step=start_step, process_index=jax.process_index(),
-      process_count=jax.process_count()), mesh, HOST_KEYS)
+      process_count=jax.process_count(), log_skips=False), mesh, HOST_KEYS)
   agreement = fault.StopAgreement(signals, mesh, batches)
 
   # --- Loop ----------------------------------------------------------------------------------
   writer = MetricWriter(workdir)
-  if info.train_data is not None and info.train_data.num_invalid:
-    writer.write(start_step, {'skipped_annotations': info.train_data.num_invalid}, prefix='data/')
+  loader_counts = pipeline.data_counts(info)
+  if loader_counts:
+    writer.write(start_step, loader_counts, prefix='data/')
+  input_counts = errors.TrainInputCounts(config.data.max_objs)  # rows the loop consumed
   progress = _Progress(start_step, total_steps)
   eval_metrics: dict = {}
   history: list[tuple] = []  # (step, device metrics, image ids) not yet checked
-  skipped_images = 0
   saved_step = start_step if ckpt.latest_step() == start_step else None
   t_log, step_log = time.time(), start_step
   step = start_step
@@ -152,7 +168,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       step += 1
       batch, host = agreement.next_batch()
       train_state, metrics, stop_flags = train_step(train_state, batch, agreement.flags())
-      skipped_images += int(host['skipped'].sum()) if 'skipped' in host else 0
+      input_counts.update(host)
       history.append((step, metrics, host.get('image_id', ())))
       is_last = step == total_steps
       due_log = step % config.train.log_every == 0 or is_last
@@ -168,7 +184,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         ips = (step - step_log) * global_batch / max(now - t_log, 1e-9)
         t_log, step_log = now, step
         last = {k: float(v) for k, v in entries[-1][1].items()}
-        extra = {'skipped_images': skipped_images}
+        extra = input_counts.metrics()
         if monitor.policy == 'skip':
           extra['skipped_updates'] = monitor.skipped_updates
         writer.write(step, dict(last, images_per_sec=ips, **extra), prefix='train/')
@@ -191,6 +207,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       ckpt.wait()
       raise fault.TrainingInterrupted.after(stop, ckpt.directory)
     ckpt.wait()
+    _log_input_summary(input_counts, loader_counts)
   except BaseException:
     try:  # let a save in flight commit (or fail) before the error propagates
       ckpt.wait()
@@ -203,6 +220,58 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
   ckpt.close()
   return eval_metrics
+
+
+def _log_input_summary(input_counts: errors.TrainInputCounts, loader_counts: dict) -> None:
+  """The end-of-run line on what the input left out: a warning when anything was."""
+  left_out = {k: v for k, v in loader_counts.items() if v and k != 'exif_oriented_images'}
+  line = input_counts.summary()
+  if left_out:
+    line += '; loader: ' + ', '.join(f'{k} {v}' for k, v in left_out.items())
+    line += ' (data/ in metrics.jsonl)'
+  if input_counts.skipped_images or input_counts.max_dropped or left_out:
+    logging.warning('%s', line)
+  else:
+    logging.info('%s', line)
+
+
+def finished_run(workdir: str, total_steps: int, meta: dict) -> dict | None:
+  """The final metrics when ``workdir`` holds this run finished, else None.
+
+  Finished: the latest complete checkpoint is of step ``total_steps``, of the same model and
+  label space (``meta``; a difference is left to the resume path, which reports it), and
+  ``eval/step_<total_steps>/metrics.json`` is written. Says so (process 0) when it is.
+  """
+  ckpt_dir = checkpoint.checkpoint_dir(workdir)
+  metrics_path = os.path.join(workdir, 'eval', f'step_{total_steps}', 'metrics.json')
+  try:
+    steps = [int(n) for n in os.listdir(ckpt_dir)
+             if n.isdigit() and checkpoint.why_incomplete(os.path.join(ckpt_dir, n)) is None]
+  except OSError:
+    return None
+  if not steps or max(steps) != total_steps or not os.path.isfile(metrics_path):
+    return None
+  logging.getLogger('absl').addFilter(cli.READ_ONLY_FILTER)  # Orbax's read-only notices
+  ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
+  try:
+    saved = ckpt.restore_meta(total_steps)
+    checkpoint.check_meta(saved, meta, ckpt_dir)
+  except Exception:  # noqa: BLE001 - not a finished run of this config: the normal path decides
+    return None
+  finally:
+    ckpt.close()
+  if any(json.loads(json.dumps(saved.get(k))) != json.loads(json.dumps(meta.get(k)))
+         for k in ('class_names', 'category_ids')):
+    return None
+  with open(metrics_path) as f:
+    metrics = json.load(f)
+  if jax.process_index() == 0:
+    summary = ', '.join(f'{k} {v:.4f}' for k, v in list(metrics.items())[:1])
+    print(f'nothing to do: {workdir} holds the checkpoint of the last step ({total_steps}) and '
+          f'its evaluation ({metrics_path}{": " + summary if summary else ""}); raise '
+          'config.train.num_steps (or num_epochs) to train longer, or use another --workdir',
+          file=sys.stderr, flush=True)
+  return metrics
 
 
 def _evaluate(evaluator, train_state, workdir: str, step: int) -> dict | None:
@@ -252,7 +321,6 @@ def main(argv):
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   elif FLAGS.distributed:
     jax.distributed.initialize()
-  logging.getLogger().setLevel(logging.INFO)
   try:
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except fault.TrainingInterrupted as e:
@@ -261,11 +329,9 @@ def main(argv):
     sys.exit(128 + e.signum)
   except (checkpoint.ModelMismatchError, checkpoint.CheckpointWriteError, fault.InputFailed,
           fault.NonFiniteLossError, ValueError, FileNotFoundError) as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
+    cli.fail(e, 1)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main, flags_parser=config_lib.parse_flags)
+  # --config: a file or a shipped config's name; without it, W/config.json (resume a run).
+  cli.run(main, run_flags=('workdir',), required=('workdir',))

@@ -61,7 +61,7 @@ def test_two_stack_models_train_evaluate_predict(smoke_config, tmp_path, arch, l
   ms.eval.test_scales = (1.0, 0.5)
   ms_metrics = evaluate.run(ms, workdir)
   assert all(0.0 <= v <= 1.0 or v == -1.0 for v in ms_metrics.values())
-  with open(os.path.join(workdir, 'eval', 'step_2', 'detections.json')) as f:
+  with open(os.path.join(workdir, 'eval', 'step_2_scales1-0.5', 'detections.json')) as f:
     dets = json.load(f)
   per_image = {}
   for d in dets:
@@ -71,8 +71,8 @@ def test_two_stack_models_train_evaluate_predict(smoke_config, tmp_path, arch, l
 
   detector = predict.Detector.from_checkpoint(cfg, workdir)
   image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
-  got = detector([image])[0]
+  got = detector([image], score_threshold=0.0)[0]
   assert len(got) <= cfg.eval.K
   for d in got:
-    x1, y1, x2, y2 = d['bbox']
+    x1, y1, x2, y2 = d['bbox_xyxy']
     assert 0 <= x1 <= x2 <= 96 and 0 <= y1 <= y2 <= 64

@@ -136,7 +136,7 @@ def test_fresh_process_matches_predict(fmt, artifacts, detector, shapes_dir, tmp
   assert meta['category_ids'] == detector.category_ids
   for i, image in enumerate(images):
     key, j = ('one', 0) if i == 0 else ('four', i - 1)
-    want = detector([image])[0]
+    want = detector([image], score_threshold=0.0)[0]
     boxes = serving.boxes_to_original(got[f'{key}_boxes'][j], inverses[i], image.shape[:2])
     _assert_same_detections(boxes, got[f'{key}_scores'][j], got[f'{key}_classes'][j], want)
 
@@ -150,7 +150,7 @@ def _assert_same_detections(boxes, scores, classes, want: list[dict]):
   np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
   for d in want:
     match = ((classes == d['label']) & (np.abs(scores - d['score']) < 1e-5) &
-             np.all(np.abs(boxes - np.array(d['bbox'])) < 1e-3, axis=1))
+             np.all(np.abs(boxes - np.array(d['bbox_xyxy'])) < 1e-3, axis=1))
     assert match.any(), (d, boxes, scores, classes)
 
 
@@ -178,7 +178,7 @@ def test_float_input_and_fixed_batch(workdir, shapes_dir, tmp_path):
   config, model, variables, _, _ = inference.restore(c, workdir)
   want = jax.jit(tasks.get(config.task).make_predict_fn(config, model))(variables, norm)
   for i in range(2):
-    ref = [{'bbox': box, 'score': score, 'label': label} for box, score, label in zip(
+    ref = [{'bbox_xyxy': box, 'score': score, 'label': label} for box, score, label in zip(
         np.asarray(want['boxes'][i]) * config.model.down_ratio, np.asarray(want['scores'][i]),
         np.asarray(want['classes'][i]), strict=True)]
     _assert_same_detections(got['boxes'][i], got['scores'][i], got['classes'][i], ref)
@@ -194,7 +194,7 @@ def test_fixed_batch_savedmodel_matches_symbolic(artifacts, workdir, shapes_dir,
   got = serving.load(str(tmp_path))(images)
   want = serving.load(artifacts['savedmodel'])(images)
   for i in range(2):
-    ref = [{'bbox': box, 'score': score, 'label': label} for box, score, label in zip(
+    ref = [{'bbox_xyxy': box, 'score': score, 'label': label} for box, score, label in zip(
         want['boxes'][i], want['scores'][i], want['classes'][i], strict=True)]
     _assert_same_detections(got['boxes'][i], got['scores'][i], got['classes'][i], ref)
 

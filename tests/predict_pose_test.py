@@ -92,7 +92,7 @@ def test_detector_returns_keypoints_in_original_pixels(detector, workdir):
   config, model, variables, _, _ = inference.restore(_config(), workdir)
   predict_fn = jax.jit(tasks.get('multi_pose').make_predict_fn(config, model))
   for image in _images():
-    dets = detector([image])[0]
+    dets = detector([image], score_threshold=0.0)[0]
     assert len(dets) == config.eval.K
     batch = inference.preprocess(image, config.data)
     raw = jax.device_get(predict_fn(variables, batch['image']))
@@ -111,7 +111,8 @@ def test_detector_returns_keypoints_in_original_pixels(detector, workdir):
     kps = np.array([d['keypoints'] for d in dets])
     assert kps.shape == (config.eval.K, 5, 2)
     assert len(np.unique(np.round(kps, 2))) > 10  # joints spread, not all one point
-  snapped = np.array([d['keypoint_scores'] for im in _images() for d in detector([im])[0]])
+  snapped = np.array([d['keypoint_scores'] for im in _images()
+                      for d in detector([im], score_threshold=0.0)[0]])
   assert np.all((snapped == 0) | (snapped > config.eval.hp_threshold))
 
 
@@ -123,12 +124,12 @@ def test_predict_files_write_keypoints_and_skeletons(detector, tmp_path):
   record = json.loads((tmp_path / 'out' / 'person.json').read_text())
   assert record['keypoint_names'] == NAMES and record['skeleton'] == SKELETON
   dets = record['detections']
-  assert dets == detector([str(path)])[0]  # floats survive the json round trip
+  assert dets == detector([str(path)], score_threshold=0.0)[0]  # floats survive the json round trip
   assert all(len(d['keypoints']) == 5 and len(d['keypoint_scores']) == 5 for d in dets)
   with Image.open(written[1]) as png:
     picture = np.asarray(png.convert('RGB'))
   boxes_only = visualize.draw_detections(
-      image, np.array([d['bbox'] for d in dets]), np.array([d['score'] for d in dets]),
+      image, np.array([d['bbox_xyxy'] for d in dets]), np.array([d['score'] for d in dets]),
       np.zeros(len(dets), np.int32), ['person'], score_threshold=0.0)
   changed = np.any(picture != boxes_only, axis=-1)
   assert changed.any()  # the skeletons
@@ -143,7 +144,7 @@ def test_coco_defaults_without_meta(tmp_path):
   det = predict.Detector.from_checkpoint(_config(17), path)
   assert det.keypoint_names == list(visualize.COCO_KEYPOINT_NAMES)
   assert det.skeleton == list(visualize.COCO_SKELETON)
-  assert len(det([_images()[0]])[0][0]['keypoints']) == 17
+  assert len(det([_images()[0]], score_threshold=0.0)[0][0]['keypoints']) == 17
 
 
 @pytest.mark.parametrize('fmt', export.FORMATS)
@@ -166,9 +167,9 @@ def test_export_serves_keypoints(fmt, workdir, detector, tmp_path):
   assert out['keypoints'].shape == (2, K, 5, 2) and out['keypoint_scores'].dtype == np.float32
   np.testing.assert_array_equal(out['keypoints'][0], out['keypoints'][1])
   one = served.to_original({k: v[0] for k, v in out.items()}, inverse, image.shape[:2])
-  want = detector([image])[0]
+  want = detector([image], score_threshold=0.0)[0]
   np.testing.assert_allclose(one['scores'], [d['score'] for d in want], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(one['boxes'], [d['bbox'] for d in want], atol=1e-3)
+  np.testing.assert_allclose(one['boxes'], [d['bbox_xyxy'] for d in want], atol=1e-3)
   np.testing.assert_allclose(one['keypoints'], [d['keypoints'] for d in want], atol=1e-3)
   np.testing.assert_allclose(one['keypoint_scores'], [d['keypoint_scores'] for d in want],
                              atol=1e-5)

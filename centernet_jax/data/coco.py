@@ -5,8 +5,12 @@ gives the original id back (for COCO 2017: the official 80 -> 90-id ``_valid_ids
 
 Malformed files, unknown categories, unknown images and missing image files are errors
 (:class:`~centernet_jax.data.errors.DataError`, a ``ValueError``). Boxes with zero or negative
-width or height cannot be trained on or matched, so they are skipped, each with one warning
-naming the annotation id and the image file, and counted (``CocoData.num_degenerate``). With
+width or height cannot be trained on or matched, and boxes entirely outside their image (the
+file's width and height) hold nothing, so both are skipped, each with one warning naming the
+annotation id and the image file, and counted (``CocoData.num_degenerate`` and
+``CocoData.num_outside``); evaluation leaves out the same boxes
+(:func:`~centernet_jax.data.errors.bbox_problem`). One image file listed under two image ids is
+read once per id: a warning names both ids. With
 ``max_bad_fraction`` set (training data), an annotation that fails validation (unknown image or
 category, malformed bbox, missing field, repeated id) is skipped the same way and counted
 (``CocoData.num_invalid``) instead, and the load fails only if more than that fraction of the
@@ -17,20 +21,31 @@ Person keypoints (``num_joints`` set: the multi_pose task): every category used 
 every annotation must carry 'keypoints' = [x1, y1, v1, ...], 3 * ``num_joints`` finite numbers
 with visibility v in {0, 1, 2}; an annotation that does not is invalid (skipped within the
 budget in training, an error otherwise).
+
+EXIF orientation (``exif_orientation='apply'``, the default; ``config.data.exif_orientation``):
+phone cameras store pixels unrotated with an EXIF tag saying how to show them, and annotation
+tools draw boxes on the image as shown. The tag of every JPEG or PNG file is read from its
+header when the file is loaded (``ImageRecord.orientation``); the pipeline rotates / mirrors the
+decoded pixels to it (``transforms.exif_orient``), for training, evaluation and prediction alike,
+as PIL's ``ImageOps.exif_transpose`` (and so detectron2 and mmdetection) do. A file whose
+oriented size disagrees with the json's width and height is a DataError naming it (the boxes
+then follow the stored pixels: ``'ignore'`` reads the pixels as stored).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
 import math
 import os
+import struct
 
 import numpy as np
 
 from centernet_jax.data import import_tf
-from centernet_jax.data.errors import MAX_WARNINGS, DataError, InvalidAnnotations
+from centernet_jax.data.errors import MAX_WARNINGS, DataError, InvalidAnnotations, bbox_problem
 
 # DataError stays importable from here: callers catch data.coco.DataError.
 
@@ -68,6 +83,7 @@ class ImageRecord:
   labels: np.ndarray  # [N] int32
   iscrowd: np.ndarray  # [N] bool
   keypoints: np.ndarray | None = None  # [N, J, 3] float32 (x, y, v); None without num_joints
+  orientation: int = 1  # EXIF orientation applied to the decoded pixels (1: as stored)
 
 
 @dataclasses.dataclass
@@ -83,6 +99,14 @@ class CocoData:
   keypoint_names: list[str] | None = None  # J joint names (num_joints set), else None
   skeleton: list[tuple[int, int]] | None = None  # 0-based joint pairs (num_joints set)
   num_empty_skipped: int = 0  # images left out for having no object (skip_empty)
+  num_outside: int = 0  # boxes skipped for lying entirely outside their image
+  num_duplicate_files: int = 0  # image entries naming a file an earlier entry names
+  num_oriented: int = 0  # images whose EXIF orientation is applied (not 1)
+
+  def num_objects(self, with_crowd: bool = True) -> int:
+    """Objects kept over all images (crowd boxes only if ``with_crowd``)."""
+    return int(sum(len(r.labels) if with_crowd else int(np.sum(~r.iscrowd))
+                   for r in self.images))
 
 
 def read_json(path: str) -> dict:
@@ -139,7 +163,8 @@ def check_categories(path: str, data: dict) -> tuple[list[int], list[str]]:
 
 def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None = None,
               check_files: bool = True, max_bad_fraction: float | None = None,
-              num_joints: int | None = None, skip_empty: bool = False) -> CocoData:
+              num_joints: int | None = None, skip_empty: bool = False,
+              exif_orientation: str = 'apply') -> CocoData:
   """Loads and checks a COCO instances (or person keypoints) file.
 
   Args:
@@ -155,12 +180,17 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
       boxes only (keypoints in the file are ignored, with one warning).
     skip_empty: leave out the images without any object (the official multi_pose training
       set; ``config.data.skip_empty_train_images``), logged with the count.
+    exif_orientation: 'apply' (read each existing image file's EXIF orientation: see the module
+      docstring) or 'ignore' (pixels as stored; no header is read).
 
   Returns:
     CocoData with one ImageRecord per entry of 'images' (same order; images without objects
     are kept unless ``skip_empty``, as in the official code). Evaluation reads ``ann_file``
-    itself with pycocotools.
+    itself with pycocotools (leaving out the boxes skipped here).
   """
+  if exif_orientation not in EXIF_ORIENTATION_MODES:
+    raise DataError(f'config.data.exif_orientation must be one of {EXIF_ORIENTATION_MODES}, '
+                    f'got {exif_orientation!r}')
   data = read_json(ann_file)
   file_ids, file_names = check_categories(ann_file, data)
   if category_ids is None:
@@ -180,7 +210,7 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
                     'so this task trains boxes only; for keypoints use a multi_pose config '
                     "(config_lib.base_config('multi_pose'))", ann_file)
 
-  images, by_id = [], {}
+  images, by_id, by_path, duplicates = [], {}, {}, []
   for k, img in enumerate(data['images']):
     image_id = _field(ann_file, f'images[{k}]', img, 'id', int)
     what = f'images[{k}] (id {image_id})'
@@ -195,20 +225,28 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
                       int(height), [], [], [], None if num_joints is None else [])
     by_id[image_id] = rec
     images.append(rec)
+    first = by_path.setdefault(os.path.normpath(rec.path), rec)
+    if first is not rec:
+      duplicates.append((first, rec))
+  _warn_duplicates(ann_file, duplicates)
 
-  num_degenerate = 0
+  skipped = {'degenerate': 0, 'outside': 0}
   seen_ann_ids = set()
   invalid = InvalidAnnotations(ann_file, max_bad_fraction)
   for k, ann in enumerate(data['annotations']):
     try:
-      num_degenerate += _add_annotation(ann_file, k, ann, by_id, label_of, category_ids,
-                                        seen_ann_ids, num_degenerate, num_joints)
+      problem = _add_annotation(ann_file, k, ann, by_id, label_of, category_ids, seen_ann_ids,
+                                skipped, num_joints)
     except DataError as e:
       invalid.add(e)
+      continue
+    if problem is not None:
+      skipped[problem] += 1
   num_invalid = invalid.finish(len(data['annotations']))
-  if num_degenerate > MAX_WARNINGS:
-    logging.warning('%s: skipped %d annotations with zero or negative width or height in all '
-                    '(the first %d are listed above)', ann_file, num_degenerate, MAX_WARNINGS)
+  for problem, text in _SKIP_TEXT.items():
+    if skipped[problem] > MAX_WARNINGS:
+      logging.warning('%s: skipped %d annotations %s in all (the first %d are listed above)',
+                      ann_file, skipped[problem], text, MAX_WARNINGS)
 
   for rec in images:
     rec.boxes = np.asarray(rec.boxes, np.float32).reshape(-1, 4)
@@ -225,12 +263,25 @@ def load_coco(ann_file: str, image_dir: str, *, category_ids: list[int] | None =
                  '(config.data.skip_empty_train_images)', ann_file, num_empty, len(images))
   if check_files:
     check_image_files(ann_file, images)
+  num_oriented = read_orientations(ann_file, images) if exif_orientation == 'apply' else 0
 
   if class_names is None:
     names = dict(zip(file_ids, file_names, strict=True))
     class_names = [names.get(cid, str(cid)) for cid in category_ids]
-  return CocoData(ann_file, image_dir, list(category_ids), class_names, images, num_degenerate,
-                  num_invalid, keypoint_names, skeleton, num_empty)
+  return CocoData(ann_file, image_dir, list(category_ids), class_names, images,
+                  skipped['degenerate'], num_invalid, keypoint_names, skeleton, num_empty,
+                  skipped['outside'], len(duplicates), num_oriented)
+
+
+def _warn_duplicates(ann_file: str, duplicates: list[tuple[ImageRecord, ImageRecord]]) -> None:
+  """One warning per image file listed under two image ids (the first MAX_WARNINGS)."""
+  for first, rec in duplicates[:MAX_WARNINGS]:
+    logging.warning('%s: image ids %d and %d both name the file %s; it is read once for each id '
+                    '(its objects count twice in training, and evaluation scores both ids)',
+                    ann_file, first.image_id, rec.image_id, rec.path)
+  if len(duplicates) > MAX_WARNINGS:
+    logging.warning('%s: %d image entries name a file an earlier entry names (the first %d '
+                    'are listed above)', ann_file, len(duplicates), MAX_WARNINGS)
 
 
 def check_keypoint_categories(path: str, data: dict, num_joints: int
@@ -293,9 +344,18 @@ def _keypoints(ann_file: str, what: str, ann: dict, num_joints: int) -> list[lis
   return joints
 
 
-def _add_annotation(ann_file, k, ann, by_id, label_of, category_ids, seen_ann_ids,
-                    num_degenerate, num_joints=None) -> int:
-  """Checks annotation k and appends it to its image; returns 1 if it was degenerate."""
+_SKIP_TEXT = {'degenerate': 'with zero or negative width or height',
+              'outside': 'entirely outside their image'}
+
+
+def _add_annotation(ann_file, k, ann, by_id, label_of, category_ids, seen_ann_ids, skipped,
+                    num_joints=None) -> str | None:
+  """Checks annotation k and appends it to its image.
+
+  Returns:
+    None, or why its box was skipped (:func:`~centernet_jax.data.errors.bbox_problem`), logged
+    while ``skipped`` (counts so far) is under MAX_WARNINGS.
+  """
   ann_id = _field(ann_file, f'annotations[{k}]', ann, 'id', int)
   what = f'annotation id {ann_id}'
   if ann_id in seen_ann_ids:
@@ -317,17 +377,19 @@ def _add_annotation(ann_file, k, ann, by_id, label_of, category_ids, seen_ann_id
                     '[x, y, width, height]')
   joints = None if num_joints is None else _keypoints(ann_file, what, ann, num_joints)
   x, y, w, h = (float(v) for v in bbox)
-  if w <= 0 or h <= 0:
-    if num_degenerate < MAX_WARNINGS:
-      logging.warning('%s: skipping %s: bbox %s has zero or negative width or height',
-                      ann_file, what, bbox)
-    return 1
+  problem = bbox_problem(bbox, rec.width, rec.height)
+  if problem is not None:
+    if skipped[problem] < MAX_WARNINGS:
+      why = ('has zero or negative width or height' if problem == 'degenerate' else
+             f'lies entirely outside the {rec.width}x{rec.height} image')
+      logging.warning('%s: skipping %s: bbox %s %s', ann_file, what, bbox, why)
+    return problem
   rec.boxes.append((x, y, x + w, y + h))
   rec.labels.append(label_of[cid])
   rec.iscrowd.append(bool(ann.get('iscrowd', 0)))
   if joints is not None:
     rec.keypoints.append(joints)
-  return 0
+  return None
 
 
 def check_image_files(ann_file: str, images: list[ImageRecord]) -> None:
@@ -338,6 +400,168 @@ def check_image_files(ann_file: str, images: list[ImageRecord]) -> None:
     more = f'\n  ... and {len(missing) - 10} more' if len(missing) > 10 else ''
     raise DataError(f'{ann_file}: {len(missing)} of {len(images)} image files not found:\n  '
                     f'{listed}{more}')
+
+
+# --- EXIF orientation ------------------------------------------------------------------------
+
+EXIF_ORIENTATION_MODES = ('apply', 'ignore')
+_ORIENTATION_TAG = 0x0112  # EXIF / TIFF tag 274
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_HEADER_READERS = 16  # threads reading file headers (I/O bound)
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+  """The orientation tag of the first IFD of a TIFF structure (an EXIF block); 1 if none."""
+  if len(tiff) < 8 or tiff[:2] not in (b'II', b'MM'):
+    return 1
+  order = '<' if tiff[:2] == b'II' else '>'
+  ifd = struct.unpack_from(order + 'I', tiff, 4)[0]
+  if ifd + 2 > len(tiff):
+    return 1
+  for k in range(struct.unpack_from(order + 'H', tiff, ifd)[0]):
+    entry = ifd + 2 + 12 * k
+    if entry + 12 > len(tiff):
+      break
+    tag, kind, count = struct.unpack_from(order + 'HHI', tiff, entry)
+    if tag == _ORIENTATION_TAG and count >= 1 and kind in (3, 4):  # SHORT or LONG
+      return struct.unpack_from(order + ('H' if kind == 3 else 'I'), tiff, entry + 8)[0]
+  return 1
+
+
+def _jpeg_header(f) -> tuple[int, tuple[int, int] | None]:
+  """(orientation, stored (width, height)) from the JPEG markers before the image data."""
+  orientation, size = 1, None
+  f.seek(2)
+  while True:
+    byte = f.read(1)
+    if byte != b'\xff':
+      break
+    while byte == b'\xff':  # fill bytes
+      byte = f.read(1)
+    if not byte:
+      break
+    marker = byte[0]
+    if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a payload
+      continue
+    if marker in (0xD9, 0xDA):  # end of image, start of scan: no header follows
+      break
+    raw = f.read(2)
+    if len(raw) < 2 or struct.unpack('>H', raw)[0] < 2:
+      break
+    length = struct.unpack('>H', raw)[0] - 2
+    if marker == 0xE1 and orientation == 1:
+      payload = f.read(length)
+      if payload[:6] == b'Exif\x00\x00':
+        orientation = _tiff_orientation(payload[6:])
+    elif marker in _JPEG_SOF and size is None:
+      payload = f.read(length)
+      if len(payload) >= 5:
+        height, width = struct.unpack_from('>HH', payload, 1)
+        size = (width, height)
+    else:
+      f.seek(length, 1)
+  return orientation, size
+
+
+def _png_header(f) -> tuple[int, tuple[int, int] | None]:
+  """(orientation, stored (width, height)) from the PNG chunks before the image data."""
+  orientation, size = 1, None
+  f.seek(len(_PNG_SIGNATURE))
+  while True:
+    head = f.read(8)
+    if len(head) < 8:
+      break
+    length, kind = struct.unpack('>I4s', head)
+    if kind in (b'IDAT', b'IEND'):
+      break
+    if kind == b'IHDR':
+      size = struct.unpack('>II', f.read(8))
+      f.seek(length - 8 + 4, 1)
+    elif kind == b'eXIf':
+      orientation = _tiff_orientation(f.read(length))
+      f.seek(4, 1)
+    else:
+      f.seek(length + 4, 1)  # data and CRC
+  return orientation, size
+
+
+def image_orientation(path: str) -> tuple[int, tuple[int, int] | None]:
+  """A JPEG's or PNG's EXIF orientation and stored size, from its header only.
+
+  Returns:
+    (orientation, (width, height)): orientation 1..8 (1: no tag, another format, or a value
+    outside 1..8); the size as stored (before orientation), None when not found.
+
+  Raises:
+    OSError: the file cannot be opened.
+  """
+  with open(path, 'rb') as f:
+    magic = f.read(8)
+    if magic[:3] == b'\xff\xd8\xff':
+      orientation, size = _jpeg_header(f)
+    elif magic == _PNG_SIGNATURE:
+      orientation, size = _png_header(f)
+    else:
+      return 1, None
+  return (orientation if 1 <= orientation <= 8 else 1), size
+
+
+def oriented_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+  """(width, height) of stored pixels of ``size`` shown with ``orientation`` (5-8 swap them)."""
+  return (size[1], size[0]) if orientation >= 5 else tuple(size)
+
+
+def read_orientations(ann_file: str, images: list[ImageRecord]) -> int:
+  """Sets ``rec.orientation`` from each existing image file's header; checks the sizes.
+
+  Returns:
+    The number of images with an orientation other than 1 (logged).
+
+  Raises:
+    DataError: naming the files (the first 10 and the count) whose size after their EXIF
+      orientation disagrees with the annotation file's width and height.
+  """
+  def read(records: list[ImageRecord]) -> list:
+    out = []
+    for rec in records:
+      try:
+        out.append(image_orientation(rec.path))
+      except OSError:
+        out.append((1, None))  # a missing file is reported where it is read
+    return out
+
+  # Contiguous slices, one per thread: file systems with latency (network disks) overlap the
+  # reads, and a warm cache pays no per-file hand-off.
+  step = -(-len(images) // _HEADER_READERS) or 1
+  with concurrent.futures.ThreadPoolExecutor(_HEADER_READERS) as pool:
+    headers = [h for part in pool.map(read, [images[i:i + step]
+                                             for i in range(0, len(images), step)])
+               for h in part]
+  bad, oriented = [], 0
+  for rec, (orientation, size) in zip(images, headers, strict=True):
+    rec.orientation = orientation
+    if orientation == 1:
+      continue
+    oriented += 1
+    if size is None or rec.width <= 0 or rec.height <= 0:
+      continue
+    shown = oriented_size(size, orientation)
+    if shown != (rec.width, rec.height):
+      bad.append(f'{rec.path} (image id {rec.image_id}): EXIF orientation {orientation} shows '
+                 f'its stored {size[0]}x{size[1]} pixels as {shown[0]}x{shown[1]}, but the '
+                 f'annotation file says {rec.width}x{rec.height}')
+  if bad:
+    more = f'\n  ... and {len(bad) - 10} more' if len(bad) > 10 else ''
+    raise DataError(
+        f'{ann_file}: {len(bad)} image(s) whose size after their EXIF orientation disagrees with '
+        'the width and height in the file:\n  ' + '\n  '.join(bad[:10]) + more +
+        "\nIf the boxes were drawn on the pixels as stored (not rotated), set "
+        "config.data.exif_orientation='ignore'; otherwise correct the width and height.")
+  if oriented:
+    logging.info("%s: %d images carry an EXIF orientation; their pixels are rotated or mirrored "
+                 "to it (config.data.exif_orientation='apply')", ann_file, oriented)
+  return oriented
 
 
 # --- TFDS coco/2017 ------------------------------------------------------------------------

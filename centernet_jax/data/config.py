@@ -51,6 +51,9 @@ def data_config() -> ml_collections.ConfigDict:
   # Leave the training images without any object out of the training set (official multi_pose:
   # the 64,115 train2017 images with a person); evaluation always keeps every image.
   d.skip_empty_train_images = False
+  # Phone photos: apply each JPEG's EXIF orientation to its pixels, as COCO-style tools show them
+  # (the json's width/height follow the rotated image); 'ignore': pixels as stored.
+  d.exif_orientation = 'apply'
   # Augmentation (official ctdet defaults).
   d.rand_crop = True  # scale from {0.6, ..., 1.3} + random centre; False = gaussian shift/scale
   d.scale_min = 0.6

@@ -14,6 +14,12 @@ each logged and counted, within ``config.data.max_skip_fraction``:
 
 Evaluation stops at the first image that cannot be decoded (:func:`checked_eval_batches`).
 
+The training loop counts what it consumed with :class:`TrainInputCounts` (skipped rows, with
+their warnings, and objects left out by ``data.max_objs``), so that batches read ahead by the
+prefetcher but never trained on are neither logged nor counted. :func:`bbox_problem` is the one
+rule, shared by the loader and the evaluator, for boxes that are skipped (zero or negative
+size, or entirely outside their image).
+
 TensorFlow is imported inside the functions that need it, so that :class:`DataError` is cheap to
 import (the training loop and the fault-tolerance code catch it without loading tf.data).
 """
@@ -35,6 +41,43 @@ OK = '_ok'  # False on the zero elements that fill_gaps puts where an element fa
 
 class DataError(ValueError):
   """Bad input data; the message names the file and the record."""
+
+
+def bbox_problem(bbox, width: float = 0, height: float = 0) -> str | None:
+  """Why a COCO box [x, y, w, h] is skipped (loader and evaluator alike), or None to keep it.
+
+  Args:
+    bbox: [x, y, width, height] finite numbers, in pixels.
+    width, height: the image's size from the annotation file; 0 (unknown) skips the
+      outside test.
+
+  Returns:
+    'degenerate' (zero or negative width or height), 'outside' (no pixel of the box inside the
+    ``width`` x ``height`` image), or None.
+  """
+  x, y, w, h = (float(v) for v in bbox)
+  if w <= 0 or h <= 0:
+    return 'degenerate'
+  if width > 0 and height > 0 and (x >= width or y >= height or x + w <= 0 or y + h <= 0):
+    return 'outside'
+  return None
+
+
+def budget_hint(total: int, max_fraction: float, what: str, sep: str = ' ') -> str:
+  """Explains a skip budget that allows nothing because the data set is small ('' otherwise).
+
+  Args:
+    total: the number the fraction applies to (training images or annotations).
+    max_fraction: ``config.data.max_skip_fraction``.
+    what: names the ``total`` things, e.g. 'training images'.
+    sep: put before the text (it ends a message).
+  """
+  if total <= 0 or max_fraction * total >= 1:
+    return ''
+  return (f'{sep}With {total} {what}, config.data.max_skip_fraction={max_fraction:g} allows no '
+          f'skip at all, so the first bad one stops the run; to skip k of them set it to at '
+          f'least k/{total} (e.g. --config.data.max_skip_fraction={min(1.0, 1 / total):.3g} '
+          'for one).')
 
 
 class InvalidAnnotations:
@@ -69,7 +112,8 @@ class InvalidAnnotations:
       if n > self.max_fraction * total:
         raise DataError(f'{self.ann_file}: {n} of {total} annotations fail validation, more '
                         f'than config.data.max_skip_fraction={self.max_fraction:g}; the first:\n  '
-                        + '\n  '.join(self.messages[:10]))
+                        + '\n  '.join(self.messages[:10])
+                        + budget_hint(total, self.max_fraction, 'annotations', '\n'))
     return n
 
 
@@ -116,8 +160,8 @@ def fill_gaps(ds, first: int):
 
 
 def checked_train_batches(ds, describe: Callable[[int], str], fix_hint: str, num_examples: int,
-                          max_fraction: float) -> Iterator[dict]:
-  """Numpy training batches; rows whose image failed are logged, counted and refilled.
+                          max_fraction: float, log_skips: bool = True) -> Iterator[dict]:
+  """Numpy training batches; rows whose image failed are counted, refilled and explained.
 
   A failed row is replaced by the next good row of its batch (cyclically), so the batch keeps
   its size and the stream its positions.
@@ -129,9 +173,14 @@ def checked_train_batches(ds, describe: Callable[[int], str], fix_hint: str, num
     num_examples: size of the training set (the budget is a fraction of
       ``max(reads so far, num_examples)``).
     max_fraction: ``config.data.max_skip_fraction``.
+    log_skips: log each failed row here, when it is read. The training loop passes False and
+      logs the rows it consumes (:class:`TrainInputCounts`): the prefetcher reads ahead.
 
   Yields:
-    the batches, with ``skipped`` [b] bool (the row repeats another row).
+    the batches, with ``skipped`` [b] bool (the row repeats another row) and, when not
+    ``log_skips``, ``skip_reasons`` [b] str (the failed row's file and error, '' for the others;
+    a host-side entry); a ``dropped_objects`` entry is 0 on the skipped rows (the repeated
+    row's objects are counted on their own row).
 
   Raises:
     DataError: the skipped rows passed the budget, or every row of a batch failed.
@@ -142,13 +191,15 @@ def checked_train_batches(ds, describe: Callable[[int], str], fix_hint: str, num
     ok = batch.pop(OK)
     positions = batch.pop(POSITION)
     batch['skipped'] = ~ok
+    reasons = [''] * len(ok)
     reads += len(ok)
     bad = np.flatnonzero(~ok)
     if bad.size:
       for r in bad:
-        text = describe(int(positions[r]))
-        logging.warning('Skipping unreadable training image %s', text)
-        recent = (recent + [text])[-10:]
+        reasons[r] = describe(int(positions[r]))
+        if log_skips:
+          logging.warning('Skipping unreadable training image %s', reasons[r])
+        recent = (recent + [reasons[r]])[-10:]
       skipped += bad.size
       fraction = skipped / max(reads, num_examples)
       if fraction > max_fraction or bad.size == len(ok):
@@ -157,13 +208,91 @@ def checked_train_batches(ds, describe: Callable[[int], str], fix_hint: str, num
                f'max(reads, {num_examples} training images)), more than '
                f'config.data.max_skip_fraction={max_fraction:g}')
         raise DataError(f'cannot read image file(s); {fix_hint}:\n  ' + '\n  '.join(recent) +
-                        f'\n{why}.')
+                        f'\n{why}.' + budget_hint(num_examples, max_fraction, 'training images'))
       good = np.flatnonzero(ok)
       for key in [k for k in batch if k != 'skipped']:
         values = batch[key].copy()
         values[bad] = values[good[np.searchsorted(good, bad) % len(good)]]
         batch[key] = values
+      if 'dropped_objects' in batch:
+        batch['dropped_objects'][bad] = 0
+    if not log_skips:
+      batch['skip_reasons'] = np.array(reasons, dtype=str)
     yield batch
+
+
+class TrainInputCounts:
+  """Counts, and logs, what the training loop consumed from the input.
+
+  Call :meth:`update` with the host entries of each batch the loop trains on; batches the
+  prefetcher read past the last step never reach it, so they are neither logged nor counted.
+
+  Attributes:
+    skipped_images: rows whose own image was unreadable (the row repeated another row); the
+      first ``MAX_WARNINGS`` are logged with the file and the error, then one summary line.
+    dropped_objects: objects visible in a row's training crop that ``data.max_objs`` left out
+      of its targets, summed over the rows.
+    max_dropped: the most objects left out of one row (the surplus over ``data.max_objs``).
+    max_dropped_image: the image id of that row (-1 before any).
+  """
+
+  def __init__(self, max_objs: int):
+    self.max_objs = int(max_objs)
+    self.skipped_images = 0
+    self.dropped_objects = 0
+    self.max_dropped = 0
+    self.max_dropped_image = -1
+
+  def update(self, host: dict) -> None:
+    """Counts one consumed batch: its ``skipped`` / ``skip_reasons`` / ``dropped_objects``
+    [b] entries (each optional) and ``image_id`` [b] (for the messages)."""
+    skipped = np.asarray(host.get('skipped', ()), bool).reshape(-1)
+    reasons = host.get('skip_reasons')
+    for r in np.flatnonzero(skipped):
+      self.skipped_images += 1
+      if self.skipped_images <= MAX_WARNINGS:
+        image_ids = host.get('image_id')
+        text = (str(reasons[r]) if reasons is not None else
+                f'(image id {int(image_ids[r])})' if image_ids is not None else f'(row {r})')
+        logging.warning('Skipping unreadable training image %s', text)
+      elif self.skipped_images == MAX_WARNINGS + 1:
+        logging.warning('More unreadable training images: counted (train/skipped_images in '
+                        'metrics.jsonl), no longer listed')
+    dropped = host.get('dropped_objects')
+    if dropped is None:
+      return
+    dropped = np.asarray(dropped, np.int64).reshape(-1)
+    self.dropped_objects += int(dropped.sum())
+    if not dropped.size or int(dropped.max()) <= self.max_dropped:
+      return
+    r = int(np.argmax(dropped))
+    image_ids = host.get('image_id')
+    image = int(image_ids[r]) if image_ids is not None else -1
+    if self.max_dropped == 0:  # warned once; the end of the run gives the largest count
+      logging.warning(
+          'A training image (image id %d) has %d more objects in its crop than '
+          'config.data.max_objs=%d; the surplus is left out of its targets. Raise '
+          'config.data.max_objs (to at least %d here); the objects left out are counted '
+          '(train/dropped_objects) and the largest count is reported at the end of the run.',
+          image, int(dropped[r]), self.max_objs, self.max_objs + int(dropped[r]))
+    self.max_dropped, self.max_dropped_image = int(dropped[r]), image
+
+  def metrics(self) -> dict[str, int]:
+    """The counts for metrics.jsonl (written under ``train/``)."""
+    return {'skipped_images': self.skipped_images, 'dropped_objects': self.dropped_objects,
+            'max_dropped_objects': self.max_dropped}
+
+  def summary(self) -> str:
+    """One line for the end of the run."""
+    parts = [f'{self.skipped_images} unreadable training image reads skipped']
+    if self.max_dropped:
+      parts.append(f'{self.dropped_objects} objects left out by config.data.max_objs='
+                   f'{self.max_objs} (at most {self.max_dropped} in one image, image id '
+                   f'{self.max_dropped_image}: raise config.data.max_objs to at least '
+                   f'{self.max_objs + self.max_dropped} to keep them)')
+    else:
+      parts.append(f'no object left out by config.data.max_objs={self.max_objs}')
+    return 'input: ' + '; '.join(parts)
 
 
 def checked_eval_batches(ds, explain: Callable[[int, str], str]) -> Iterator[dict]:

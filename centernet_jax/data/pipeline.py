@@ -21,6 +21,10 @@ files once the skipped reads exceed ``data.max_skip_fraction`` of
 ``max(reads so far, training set size)``, so a broken data set is never trained on silently
 (:mod:`.errors`). Evaluation stops at the first file that cannot be decoded, with a
 :class:`DataError` naming it.
+
+Nothing is dropped without a count: the loader's skipped annotations (:func:`data_counts`), and
+per training row the objects ``data.max_objs`` left out (``dropped_objects``), which the loop
+counts as it consumes the rows (``errors.TrainInputCounts``).
 """
 
 from __future__ import annotations
@@ -85,6 +89,35 @@ def get_dataset_info(data_cfg, workdir: str | None = None) -> DatasetInfo:
       val_data=val.coco_data, train_source=train, val_source=val,
       keypoint_names=list(train.coco_data.keypoint_names) if keypoints else None,
       skeleton=list(train.coco_data.skeleton) if keypoints else None)
+
+
+def data_counts(info: DatasetInfo) -> dict[str, int]:
+  """What the loader left out or flagged, for metrics.jsonl (written under ``data/``).
+
+  Returns:
+    For COCO-json sources: skipped_annotations (invalid, skipped within the budget),
+    degenerate_boxes (zero or negative size), outside_boxes (entirely outside their image),
+    duplicate_image_files (image entries naming a file an earlier entry names),
+    exif_oriented_images (EXIF orientation applied) and empty_images_left_out
+    (``skip_empty_train_images``), then val_degenerate_boxes, val_outside_boxes and
+    val_duplicate_image_files for the validation split. For TFDS: val_degenerate_boxes (its
+    training objects of zero size are dropped per read, not counted).
+  """
+  counts = {}
+  for prefix, data in (('', info.train_data), ('val_', info.val_data)):
+    if data is None:
+      continue
+    if not prefix:
+      counts['skipped_annotations'] = data.num_invalid
+    counts[f'{prefix}degenerate_boxes'] = data.num_degenerate
+    counts[f'{prefix}outside_boxes'] = data.num_outside
+    counts[f'{prefix}duplicate_image_files'] = data.num_duplicate_files
+    if not prefix:
+      counts['exif_oriented_images'] = data.num_oriented
+      counts['empty_images_left_out'] = data.num_empty_skipped
+  if info.val_data is None and hasattr(info.val_source, 'num_degenerate'):
+    counts['val_degenerate_boxes'] = int(info.val_source.num_degenerate)
+  return counts
 
 
 def _train_kwargs(data_cfg) -> dict:
@@ -237,7 +270,7 @@ def _eval_dataset(data_cfg, source: sources.Source, *, local_batch, num_images, 
 
 def create_train_iterator(data_cfg, *, info: DatasetInfo, global_batch_size: int, seed: int,
                           start_step: int = 0, process_index: int = 0,
-                          process_count: int = 1) -> Iterator[dict]:
+                          process_count: int = 1, log_skips: bool = True) -> Iterator[dict]:
   """Endless iterator over this process's share of the training batches.
 
   Args:
@@ -247,13 +280,20 @@ def create_train_iterator(data_cfg, *, info: DatasetInfo, global_batch_size: int
     seed: stream seed (``config.seed``).
     start_step: index of the first global batch to produce (resuming continues the stream).
     process_index, process_count: this process and the number of processes.
+    log_skips: log each unreadable image as it is read. The training loop passes False and
+      logs (and counts) the rows it consumes with ``errors.TrainInputCounts``: the prefetcher
+      reads ahead of the last step.
 
   Yields:
     dict of numpy arrays, b = global_batch_size / process_count, S = data.input_size,
     M = data.max_objs: image [b, S, S, 3] float32 (normalised), boxes [b, M, 4] float32 xyxy
     in input pixels (not clipped), labels [b, M] int32, mask [b, M] float32 (1 = object),
     image_id [b] int64 (host side: for messages), skipped [b] bool (the row's own image was
-    unreadable and the row repeats another row of the batch); with ``data.num_joints`` = J
+    unreadable and the row repeats another row of the batch), skip_reasons [b] str (only when
+    not ``log_skips``; host side: the file and the error of a skipped row, else ''),
+    dropped_objects [b] int32 (host side: objects visible in the row's crop that
+    ``data.max_objs`` left out; 0 on skipped rows);
+    with ``data.num_joints`` = J
     also keypoints [b, M, J, 3] float32 (x, y in input pixels through the boxes' affine and
     flip with ``data.flip_pairs`` swapped, v the file's visibility 0 / 1 / 2; rows as boxes',
     padding rows 0).
@@ -268,7 +308,7 @@ def create_train_iterator(data_cfg, *, info: DatasetInfo, global_batch_size: int
                                 local_batch=local_batch, seed=seed, start_step=start_step,
                                 process_index=process_index)
   return errors.checked_train_batches(ds, describe, source.fix_hint, max(len(source), 1),
-                                      float(data_cfg.max_skip_fraction))
+                                      float(data_cfg.max_skip_fraction), log_skips=log_skips)
 
 
 def create_eval_iterator(data_cfg, *, info: DatasetInfo, batch_size: int, num_images: int = -1,
@@ -305,7 +345,7 @@ def load_image_for_predict(image: str | np.ndarray, data_cfg) -> dict:
     image: a file path, or a uint8 array [H, W, 3] RGB, [H, W, 4] RGBA or [H, W] grayscale.
     data_cfg: ``config.data``.
   """
-  pixels = sources.read_image(image)
+  pixels = sources.read_image(image, str(data_cfg.get('exif_orientation', 'apply')))
   out = transforms.eval_transform(
       tf.convert_to_tensor(pixels), mode=data_cfg.eval_mode, pad=data_cfg.eval_pad,
       size=data_cfg.eval_size, channel_order=data_cfg.channel_order)

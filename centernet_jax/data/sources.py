@@ -14,6 +14,10 @@ resuming at any step costs nothing.
   indices per Python call (ArrayRecord reads them in parallel); parsing and image decoding are
   tf ops, so no Python runs per element.
 
+COCO-json images are shown as their EXIF orientation says (``config.data.exif_orientation``,
+default 'apply': :mod:`.coco`), here and in :func:`read_image` alike; TFDS records are decoded as
+stored.
+
 Canonical features (``Source.decode``): image [H, W, 3] uint8 RGB, boxes [N, 4] float32 xyxy
 pixels, labels [N] int32 contiguous, iscrowd [N] bool, image_id [] int64; with person keypoints
 (``config.data.num_joints`` set, COCO-json sources only) also keypoints [N, J, 3] float32
@@ -29,7 +33,7 @@ import os
 import numpy as np
 
 from centernet_jax import keypoints
-from centernet_jax.data import coco, import_tf, shapes, shapes_pose
+from centernet_jax.data import coco, import_tf, shapes, shapes_pose, transforms
 from centernet_jax.data.errors import DataError, first_line
 
 tf = import_tf()
@@ -44,23 +48,32 @@ def decode_image(contents):
   return image
 
 
-
-def read_image(image: str | os.PathLike | np.ndarray) -> np.ndarray:
+def read_image(image: str | os.PathLike | np.ndarray, exif_orientation: str = 'apply'
+               ) -> np.ndarray:
   """An image file or array as [H, W, 3] uint8 RGB, decoded as the data pipeline decodes files.
 
   Args:
     image: a file path, or a uint8 array [H, W, 3] RGB, [H, W, 4] RGBA or [H, W] grayscale.
+    exif_orientation: 'apply': a file's EXIF orientation is applied to its pixels (as the
+      pipeline does: ``config.data.exif_orientation``); 'ignore': pixels as stored. Arrays are
+      taken as they are.
 
   Raises:
     DataError: missing or undecodable file, or an array of another dtype or shape.
   """
+  if exif_orientation not in coco.EXIF_ORIENTATION_MODES:
+    raise DataError(f'config.data.exif_orientation must be one of '
+                    f'{coco.EXIF_ORIENTATION_MODES}, got {exif_orientation!r}')
   if isinstance(image, str | os.PathLike):
     if not os.path.isfile(image):
       raise DataError(f'image file not found: {image}')
     try:
-      return decode_image(tf.io.read_file(str(image))).numpy()
+      pixels = decode_image(tf.io.read_file(str(image)))
     except tf.errors.OpError as e:
       raise DataError(f'cannot decode image file {image}: {first_line(e)}') from None
+    if exif_orientation == 'apply':
+      pixels = transforms.exif_orient(pixels, coco.image_orientation(str(image))[0])
+    return pixels.numpy()
   pixels = np.asarray(image)
   if pixels.ndim == 2:
     pixels = pixels[..., None]
@@ -68,6 +81,7 @@ def read_image(image: str | os.PathLike | np.ndarray) -> np.ndarray:
     raise DataError(f'image array must be uint8 [H, W], [H, W, 3] or [H, W, 4]; got '
                     f'{pixels.dtype} {pixels.shape}')
   return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels[..., :3]
+
 
 class Source(abc.ABC):
   """One split of a detection data set with random access by example index.
@@ -141,8 +155,9 @@ class CocoJsonSource(Source):
 
   def tables(self) -> dict:
     """The records as tf constants (built on first use): paths [N], object offsets [N + 1],
-    boxes [M, 4], labels [M], iscrowd [M], image ids [N]; keypoints [M, J, 3] when the file
-    was loaded with ``num_joints``."""
+    boxes [M, 4], labels [M], iscrowd [M], image ids [N], EXIF orientations [N] and the
+    annotation file's (height, width) [N, 2]; keypoints [M, J, 3] when the file was loaded with
+    ``num_joints``."""
     if self._tables is None:
       records = self.coco_data.images
       counts = [len(r.labels) for r in records]
@@ -155,7 +170,10 @@ class CocoJsonSource(Source):
                                                [np.zeros((0,), np.int32)])),
           'iscrowd': tf.constant(np.concatenate([r.iscrowd for r in records] +
                                                 [np.zeros((0,), bool)])),
-          'image_ids': tf.constant([r.image_id for r in records], tf.int64)}
+          'image_ids': tf.constant([r.image_id for r in records], tf.int64),
+          'orientations': tf.constant([r.orientation for r in records], tf.int32),
+          'sizes': tf.constant(np.array([[r.height, r.width] for r in records],
+                                        np.int32).reshape(-1, 2))}
       if self.coco_data.keypoint_names is not None:
         num_joints = len(self.coco_data.keypoint_names)
         self._tables['keypoints'] = tf.constant(np.concatenate(
@@ -171,12 +189,32 @@ class CocoJsonSource(Source):
     t = self.tables()
     index = element['index']
     lo, hi = t['offsets'][index], t['offsets'][index + 1]
-    out = {'image': decode_image(element['record']), 'boxes': t['boxes'][lo:hi],
+    out = {'image': self._oriented(decode_image(element['record']), index),
+           'boxes': t['boxes'][lo:hi],
            'labels': t['labels'][lo:hi], 'iscrowd': t['iscrowd'][lo:hi],
            'image_id': t['image_ids'][index]}
     if 'keypoints' in t:
       out['keypoints'] = t['keypoints'][lo:hi]
     return out
+
+  def _oriented(self, image, index):
+    """The decoded pixels turned to their EXIF orientation; a size that then disagrees with
+    the annotation file's is an error naming the file (the header said otherwise)."""
+    t = self.tables()
+    orientation = t['orientations'][index]
+    image = transforms.exif_orient(image, orientation)
+    expected = t['sizes'][index]
+    ok = (orientation == 1) | tf.reduce_all((tf.shape(image)[:2] == expected) | (expected <= 0))
+    message = tf.strings.join([
+        t['paths'][index], ': size after the EXIF orientation ', tf.strings.as_string(orientation),
+        " disagrees with the annotation file (config.data.exif_orientation='ignore' reads the "
+        'pixels as stored)'])
+    if tf.executing_eagerly():  # Source.check: the message alone, without the op's wording
+      if not bool(ok):
+        raise tf.errors.InvalidArgumentError(None, None, message.numpy().decode())
+      return image
+    with tf.control_dependencies([tf.debugging.Assert(ok, [message], summarize=1)]):
+      return tf.identity(image)
 
   def describe(self, index: int) -> str:
     rec = self.coco_data.images[index]
@@ -233,13 +271,35 @@ _COCO_JSON_FOLDERS = {'coco_json': _coco_json_paths, 'shapes': _shapes_paths,
 
 
 def _open_coco_json(paths: dict, max_skip_fraction: float, num_joints: int | None,
-                    skip_empty: bool) -> tuple[Source, Source]:
+                    skip_empty: bool, exif_orientation: str = 'apply',
+                    train_on_crowd: bool = False) -> tuple[Source, Source]:
   train = coco.load_coco(paths['train_annotations'], paths['train_images'],
                          max_bad_fraction=max_skip_fraction, num_joints=num_joints,
-                         skip_empty=skip_empty)
+                         skip_empty=skip_empty, exif_orientation=exif_orientation)
+  if not train.num_objects(with_crowd=train_on_crowd) and (train.images or
+                                                           train.num_empty_skipped):
+    raise DataError(f'{train.ann_file}: no object to train on: {_object_counts(train)}, so '
+                    'training would learn background only. A training split needs annotated '
+                    'objects' + ('' if train_on_crowd else
+                                 ' (crowd boxes are left out unless config.data.train_on_crowd)'))
   val = coco.load_coco(paths['val_annotations'], paths['val_images'],
-                       category_ids=train.category_ids, num_joints=num_joints)
+                       category_ids=train.category_ids, num_joints=num_joints,
+                       exif_orientation=exif_orientation)
+  if val.images and not val.num_objects(with_crowd=False):
+    logging.warning('%s: no object to evaluate against (%s): every COCO metric of this split '
+                    'will be -1, which pycocotools reports when there is no ground truth',
+                    val.ann_file, _object_counts(val))
   return CocoJsonSource(train), CocoJsonSource(val)
+
+
+def _object_counts(data: coco.CocoData) -> str:
+  """'N images, A annotations kept (C crowd), skipped ...' for messages."""
+  crowd = data.num_objects() - data.num_objects(with_crowd=False)
+  skipped = [f'{n} {what}' for n, what in ((data.num_degenerate, 'of zero size'),
+                                             (data.num_outside, 'outside their image'),
+                                             (data.num_invalid, 'invalid')) if n]
+  return (f'{len(data.images)} images, {data.num_objects()} annotations kept ({crowd} crowd)' +
+          (f', skipped {", ".join(skipped)}' if skipped else ''))
 
 
 # --- TFDS (random access) --------------------------------------------------------------------
@@ -283,6 +343,7 @@ class TfdsSource(Source):
     self._features = builder.info.features
     self._decoders = {'image': tfds.decode.SkipDecoding()}  # decoded by decode_image
     self._scanned = None
+    self.num_degenerate = 0  # objects of zero size dropped by the scan (coco_gt)
     hint = _prepare_hint(builder, tfds_name)
     try:
       builder.info.splits[split]
@@ -360,6 +421,7 @@ class TfdsSource(Source):
     if num_degenerate:
       logging.warning('%s: dropped %d objects with zero or negative width or height', self.name,
                       num_degenerate)
+    self.num_degenerate = num_degenerate
     cats = [{'id': int(c), 'name': n}
             for c, n in zip(self.category_ids, self.class_names, strict=True)]
     self._scanned = {'images': images, 'annotations': anns, 'categories': cats}
@@ -418,8 +480,10 @@ def open_splits(data_cfg) -> tuple[Source, Source]:
 
   Raises:
     DataError: an unknown ``data.source``, unset paths, bad annotation files, a TFDS data set not
-      prepared for random access, an empty training split, a bad ``num_joints`` / ``flip_pairs``,
-      or keypoints (or ``skip_empty_train_images``) asked of TFDS.
+      prepared for random access, an empty training split (no images, or COCO-json without any
+      object to train on), a bad ``num_joints`` / ``flip_pairs``, or keypoints (or
+      ``skip_empty_train_images``) asked of TFDS. A COCO-json validation split without objects
+      is a warning (its metrics will be -1).
   """
   source = data_cfg.source
   num_joints = check_keypoint_config(data_cfg)
@@ -438,7 +502,9 @@ def open_splits(data_cfg) -> tuple[Source, Source]:
     train, val = _open_tfds(data_cfg)
   elif source in _COCO_JSON_FOLDERS:
     train, val = _open_coco_json(_COCO_JSON_FOLDERS[source](data_cfg),
-                                 float(data_cfg.max_skip_fraction), num_joints, skip_empty)
+                                 float(data_cfg.max_skip_fraction), num_joints, skip_empty,
+                                 str(data_cfg.get('exif_orientation', 'apply')),
+                                 bool(data_cfg.get('train_on_crowd', False)))
   else:
     raise DataError("config.data.source must be 'coco_json', 'shapes', 'shapes_pose' or "
                     f"'tfds', got {source!r}")

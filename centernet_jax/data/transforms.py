@@ -182,6 +182,43 @@ def hflip_keypoints(keypoints, width, flip_pairs: Sequence[Sequence[int]]):
   return tf.gather(mirrored, flip_permutation(keypoints.shape[1], flip_pairs), axis=1)
 
 
+# --- EXIF orientation --------------------------------------------------------------------------
+
+
+def exif_orient(image, orientation):
+  """Applies an EXIF orientation (tag 274) to decoded pixels, as viewers and PIL's
+  ``ImageOps.exif_transpose`` do: the pixels then show what the annotation tool showed.
+
+  Args:
+    image: [H, W, C] any dtype, the pixels as stored.
+    orientation: [] int, 1 (as stored) .. 8; other values leave the image as stored.
+
+  Returns:
+    [H', W', C]: 2 mirrored, 3 rotated 180 degrees, 4 flipped upside down, 5 transposed,
+    6 rotated 90 degrees clockwise, 7 transposed across the other diagonal, 8 rotated 90
+    degrees counter-clockwise (5 to 8 swap H and W).
+  """
+  def transpose():
+    return tf.transpose(image, [1, 0, 2])
+
+  branches = [
+      lambda: image,  # 0: not an orientation
+      lambda: image,  # 1: as stored
+      lambda: image[:, ::-1],  # 2: mirrored
+      lambda: image[::-1, ::-1],  # 3: rotated 180
+      lambda: image[::-1],  # 4: flipped upside down
+      transpose,  # 5: PIL TRANSPOSE
+      lambda: transpose()[:, ::-1],  # 6: PIL ROTATE_270 (90 clockwise)
+      lambda: transpose()[::-1, ::-1],  # 7: PIL TRANSVERSE
+      lambda: transpose()[::-1],  # 8: PIL ROTATE_90 (90 counter-clockwise)
+  ]
+  o = tf.cast(orientation, tf.int32)
+  o = tf.where((o >= 1) & (o <= 8), o, 1)
+  out = tf.switch_case(o, branches)
+  out.set_shape([None, None, image.shape[-1]])
+  return out
+
+
 # --- Training ----------------------------------------------------------------------------------
 
 
@@ -340,6 +377,24 @@ def to_channel_order(image, channel_order: str):
 MAX_OBJS_POLICIES = ('visible_first', 'first')
 
 
+def visible_on_canvas(boxes, canvas_hw):
+  """[N] bool: the xyxy boxes [N, 4] keep some width and height inside the (h, w) canvas."""
+  h = tf.cast(canvas_hw[0], tf.float32)
+  w = tf.cast(canvas_hw[1], tf.float32)
+  vis_w = tf.minimum(boxes[:, 2], w - 1) - tf.maximum(boxes[:, 0], 0.0)
+  vis_h = tf.minimum(boxes[:, 3], h - 1) - tf.maximum(boxes[:, 1], 0.0)
+  return (vis_w > 0) & (vis_h > 0)
+
+
+def count_dropped(boxes, order, canvas_hw):
+  """Objects visible on the canvas that ``order`` (:func:`object_order`) leaves out; [] int32.
+
+  Objects the crop removed are not counted: the cap did not lose them.
+  """
+  visible = tf.cast(visible_on_canvas(boxes, canvas_hw), tf.int32)
+  return tf.reduce_sum(visible) - tf.reduce_sum(tf.gather(visible, order))
+
+
 def object_order(boxes, max_objs: int, canvas_hw, policy: str = 'visible_first'):
   """Which objects survive ``max_objs`` and in what order (docs/parity.md 4.3).
 
@@ -356,11 +411,7 @@ def object_order(boxes, max_objs: int, canvas_hw, policy: str = 'visible_first')
     [min(N, max_objs)] int32 indices into the objects.
   """
   if policy == 'visible_first':
-    h = tf.cast(canvas_hw[0], tf.float32)
-    w = tf.cast(canvas_hw[1], tf.float32)
-    vis_w = tf.minimum(boxes[:, 2], w - 1) - tf.maximum(boxes[:, 0], 0.0)
-    vis_h = tf.minimum(boxes[:, 3], h - 1) - tf.maximum(boxes[:, 1], 0.0)
-    hidden = tf.cast(tf.logical_not((vis_w > 0) & (vis_h > 0)), tf.int32)
+    hidden = tf.cast(tf.logical_not(visible_on_canvas(boxes, canvas_hw)), tf.int32)
     return tf.argsort(hidden, stable=True)[:max_objs]
   if policy == 'first':
     return tf.range(tf.minimum(tf.shape(boxes)[0], max_objs))
@@ -419,7 +470,9 @@ def train_transform(image, boxes, labels, seed, *, input_size: int, max_objs: in
 
   Returns:
     dict(image [S, S, 3] float32 normalised, boxes [max_objs, 4] float32 xyxy in input pixels
-    (unclipped), labels [max_objs] int32, mask [max_objs] float32) and, with ``keypoints``,
+    (unclipped), labels [max_objs] int32, mask [max_objs] float32, dropped_objects [] int32
+    (objects visible in the crop that ``max_objs`` left out: :func:`count_dropped`)) and, with
+    ``keypoints``,
     keypoints [max_objs, J, 3] float32: x, y in input pixels (unclipped, every joint through
     the affine whatever v), v unchanged, rows in the order of the boxes, padding rows 0.
   """
@@ -451,7 +504,8 @@ def train_transform(image, boxes, labels, seed, *, input_size: int, max_objs: in
   order = object_order(boxes, max_objs, (input_size, input_size), max_objs_policy)
   out = {'image': inp, 'boxes': pad_rows(boxes, order, max_objs),
          'labels': pad_rows(tf.cast(labels, tf.int32), order, max_objs),
-         'mask': tf.sequence_mask(tf.shape(order)[0], max_objs, dtype=tf.float32)}
+         'mask': tf.sequence_mask(tf.shape(order)[0], max_objs, dtype=tf.float32),
+         'dropped_objects': count_dropped(boxes, order, (input_size, input_size))}
   if keypoints is not None:
     keypoints = tf.cast(keypoints, tf.float32)
     keypoints = tf.cond(flipped, lambda: hflip_keypoints(keypoints, width, flip_pairs),

@@ -6,6 +6,12 @@ original category id, xyxy -> xywh, keypoints as x, y, 1 triples, bbox, keypoint
 rounded to 2 decimals. Evaluation runs over EVERY image of the
 ground truth by default, so images without detections count as misses (unlike evaluators that
 set ``imgIds`` to the images with detections, which inflates AP; docs/parity.md 4.11).
+
+The ground truth is the one the data loader trains and reports on: annotations whose box has zero
+or negative size, or lies entirely outside its image, are left out (pycocotools would count them
+as objects no detection can match; ``data.errors.bbox_problem``), with one log line. When the
+evaluated images hold no ground truth at all, the log says so next to the metrics (pycocotools
+then reports -1 everywhere).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,6 +29,8 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
+
+from centernet_jax.data.errors import bbox_problem
 
 # Order of COCOeval.stats (the first nine entries).
 METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100')
@@ -112,8 +121,39 @@ def _quiet(fn: Callable[[], Any]) -> tuple[Any, str]:
   return out, buf.getvalue()
 
 
-def _gt_dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
-  """Validates a COCO gt dict and returns a copy with the fields pycocotools needs filled in."""
+_REPORTED: set = set()  # (ground truth, counts) already logged: once per ground truth
+
+
+def _kept_annotations(anns: list[dict], images: list[dict], name: str) -> list[dict]:
+  """The annotations the data loader keeps: boxes of zero size, or entirely outside their
+  image, are left out (logged once per ground truth with the count and the first ids)."""
+  sizes = {img.get('id'): (img.get('width') or 0, img.get('height') or 0) for img in images}
+  kept, left_out = [], {'degenerate': [], 'outside': []}
+  for a in anns:
+    bbox = a.get('bbox')
+    problem = None
+    if isinstance(bbox, list | tuple) and len(bbox) == 4:
+      problem = bbox_problem(bbox, *sizes.get(a.get('image_id'), (0, 0)))
+    if problem is None:
+      kept.append(a)
+    else:
+      left_out[problem].append(a.get('id'))
+  key = (name, tuple(len(v) for v in left_out.values()))
+  if any(left_out.values()) and key not in _REPORTED:
+    _REPORTED.add(key)
+    for problem, ids in left_out.items():
+      if ids:
+        what = ('zero or negative width or height' if problem == 'degenerate' else
+                'entirely outside its image')
+        logging.warning('%s: %d ground-truth annotation(s) left out of the evaluation, box %s '
+                        '(as in training), ids %s%s', name, len(ids), what, ids[:10],
+                        ' ...' if len(ids) > 10 else '')
+  return kept
+
+
+def _gt_dataset(dataset: Mapping[str, Any], name: str = 'COCO ground truth') -> dict[str, Any]:
+  """Validates a COCO gt dict and returns a copy with the fields pycocotools needs filled in
+  and the annotations the data loader skips left out (:func:`_kept_annotations`)."""
   for key in ('images', 'categories'):
     if key not in dataset:
       raise ValueError(f'COCO ground truth lacks the {key!r} list')
@@ -134,6 +174,7 @@ def _gt_dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
       a['area'] = float(a['bbox'][2]) * float(a['bbox'][3])
     if 'keypoints' in a and 'num_keypoints' not in a:  # COCO: joints with v > 0
       a['num_keypoints'] = int(np.count_nonzero(np.asarray(a['keypoints'])[2::3] > 0))
+  anns = _kept_annotations(anns, images, name)
   return {
     **dataset,
     'info': dict(dataset.get('info') or {}),
@@ -149,7 +190,9 @@ def load_gt(gt: GroundTruth) -> COCO:
 
   A dict is copied (annotations shallowly), not written to disk and not modified; missing
   'info'/'licenses'/'annotations', annotation 'iscrowd' (0), 'area' (box area), 'id' and, with
-  keypoints, 'num_keypoints' (count of v > 0) are filled.
+  keypoints, 'num_keypoints' (count of v > 0) are filled. Annotations whose box has zero or
+  negative size, or lies entirely outside its image, are left out, as the data loader skips
+  them (logged). A COCO object is used as it is.
 
   Args:
     gt: path to a COCO instances json, a dict in COCO format, or a COCO object (returned as is).
@@ -159,13 +202,15 @@ def load_gt(gt: GroundTruth) -> COCO:
   """
   if isinstance(gt, COCO):
     return gt
+  name = 'COCO ground truth'
   if isinstance(gt, str | os.PathLike):
+    name = os.fspath(gt)
     with open(gt) as f:
       gt = json.load(f)
   if not isinstance(gt, Mapping):
     raise TypeError(f'gt must be a path, a COCO-format dict or a COCO object, got {type(gt)}')
   coco = COCO()
-  coco.dataset = _gt_dataset(gt)
+  coco.dataset = _gt_dataset(gt, name)
   _quiet(coco.createIndex)
   return coco
 
@@ -255,10 +300,34 @@ def _check_image_ids(coco_gt: COCO, image_ids: Iterable[int] | None) -> list[int
   return image_ids
 
 
+def _no_ground_truth(coco_gt: COCO, image_ids: list[int], cat_ids: Sequence[int] | None = None,
+                     keypoints: bool = False) -> str | None:
+  """Why every metric will be -1 (no ground truth pycocotools scores in ``image_ids``), or None.
+
+  pycocotools ignores crowd annotations and, for keypoints, people without labelled joints.
+  """
+  wanted = set(image_ids)
+  anns = [a for a in coco_gt.dataset['annotations'] if a['image_id'] in wanted
+          and (cat_ids is None or a['category_id'] in cat_ids)]
+  scored = [a for a in anns if not a.get('iscrowd')
+            and (not keypoints or a.get('num_keypoints', 0) > 0)]
+  if scored:
+    return None
+  what = 'people with labelled joints' if keypoints else 'objects'
+  return (f'no ground truth to score: the {len(image_ids)} evaluated images hold no {what} '
+          f'({len(anns)} annotations, {sum(bool(a.get("iscrowd")) for a in anns)} of them crowd'
+          '), so pycocotools reports -1 for every metric; give the validation split annotated '
+          'objects')
+
+
 def _run_cocoeval(coco_eval: COCOeval, image_ids: list[int], header: str,
-                  log: Callable[[str], Any] | None) -> np.ndarray:
-  """evaluate + accumulate + summarize over ``image_ids``; logs the summary; returns stats."""
+                  log: Callable[[str], Any] | None, why_empty: str | None = None) -> np.ndarray:
+  """evaluate + accumulate + summarize over ``image_ids``; logs the summary (and
+  ``why_empty``, the reason every metric is -1, also as a warning); returns stats."""
   coco_eval.params.imgIds = image_ids
+  if why_empty is not None:
+    logging.warning('%s', why_empty)
+    header = f'{header}\n{why_empty}'
 
   def run():
     coco_eval.evaluate()
@@ -291,7 +360,8 @@ def evaluate_detections(
   Returns:
     {'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100'} as Python floats in [0, 1]
     (COCOeval.stats order). As in pycocotools, a metric with no ground truth at all (e.g. APl
-    when there are no large objects) is -1.
+    when there are no large objects) is -1; when the images hold no ground truth at all
+    (every metric -1) the log says so.
 
   Raises:
     ValueError: detections with category or image ids absent from gt, or unknown image_ids.
@@ -302,7 +372,8 @@ def evaluate_detections(
   coco_eval = COCOeval(coco_gt, _results_coco(coco_gt, dets), 'bbox')
   stats = _run_cocoeval(
       coco_eval, image_ids,
-      f'COCO bbox evaluation: {len(dets)} detections on {len(image_ids)} images', log)
+      f'COCO bbox evaluation: {len(dets)} detections on {len(image_ids)} images', log,
+      _no_ground_truth(coco_gt, image_ids))
   return {name: float(v) for name, v in zip(METRIC_NAMES, stats, strict=False)}
 
 
@@ -389,7 +460,8 @@ def evaluate_keypoints(
   coco_eval.params.kpt_oks_sigmas = sigmas
   stats = _run_cocoeval(
       coco_eval, image_ids,
-      f'COCO keypoints evaluation: {len(dets)} detections on {len(image_ids)} images', log)
+      f'COCO keypoints evaluation: {len(dets)} detections on {len(image_ids)} images', log,
+      _no_ground_truth(coco_gt, image_ids, cat_ids, keypoints=True))
   return {name: float(v) for name, v in zip(KEYPOINT_METRIC_NAMES, stats, strict=True)}
 
 
