@@ -11,7 +11,9 @@ defines
   make_predict_fn(config, model, *, merge_later=False) -> predict(variables, images)
   make_merge(config) -> merge(dets)     multi-scale merge of detections in original pixels
   coco_results(dets, image_id, category_ids, config) -> [result]   one image's COCO results
-  evaluate(gt, results, image_ids, config, log) -> metrics          the task's COCO metrics
+  evaluate(gt, results, image_ids, config, log) -> metrics          the task's metrics
+  write_results(gt, results, image_ids, config, out_dir) (optional) extra result files (ddd:
+                                        the KITTI label-format files of eval/step_<N>/kitti/)
 
 Adding a task is one new module and one line in ``TASKS``; the training loop, evaluation,
 export and conversion call these names only.
@@ -23,10 +25,10 @@ from types import ModuleType
 
 import ml_collections
 
-from centernet_jax.tasks import cornernet, ctdet, multi_pose
+from centernet_jax.tasks import cornernet, ctdet, ddd, multi_pose
 
 TASKS: dict[str, ModuleType] = {'ctdet': ctdet, 'cornernet': cornernet,
-                                'multi_pose': multi_pose}
+                                'multi_pose': multi_pose, 'ddd': ddd}
 
 
 def get(name: str) -> ModuleType:

@@ -53,7 +53,7 @@ def test_heads_and_config_keys(name):
 
 
 def test_unknown_task_names_config_task_and_the_known_tasks():
-  known = r"\['cornernet', 'ctdet', 'multi_pose'\]"
+  known = r"\['cornernet', 'ctdet', 'ddd', 'multi_pose'\]"
   with pytest.raises(ValueError, match=r"config.task='pose'.*" + known):
     tasks.get('pose')
   with pytest.raises(ValueError, match='config.task'):

@@ -1,0 +1,746 @@
+"""CenterNet monocular 3D detection (`ddd`, KITTI): depth, 3D size and orientation at the centre.
+
+One module per task (registry: `tasks/__init__.py`). Official CenterNet `datasets/sample/ddd.py`
+(targets), `trains/ddd.py` and `models/losses.py: BinRotLoss` (loss), `models/decode.py:
+ddd_decode`, `utils/post_process.py` and `utils/ddd_utils.py` (decoding and the 3D
+post-process); docs/parity.md 4.13.
+
+Each object is the centre of its 2D box: a Gaussian peak in its class channel of `hm`, and at the
+peak pixel its depth `dep` (metres, through the output transform 1 / (sigmoid + 1e-6) - 1), its
+3D size `dim` (h, w, l in metres), its observation angle alpha as two overlapping bins `rot`
+(8 channels: [bin 1 logit pair, sin, cos, bin 2 logit pair, sin, cos]) and optionally the 2D box
+size `wh` and sub-pixel offset `reg`. The device part (targets, loss, decode) is pure jnp; the
+3D post-process (alpha, rotation_y, location from the calibration P2) runs in numpy on the host.
+Class channels follow the official KITTI order ``CLASS_NAMES``; label codes below 0 mark
+ignored objects (``IGNORE_ALL`` DontCare, ``IGNORE_PEDESTRIAN`` Person_sitting,
+``IGNORE_CAR`` Van and Truck) and ``SKIP`` (Tram, Misc) objects that only use a slot.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from centernet_jax import decode, gaussian, losses, models, state
+from centernet_jax.data import kitti as kitti_data
+
+NAME = 'ddd'
+# Detection arrays whose last axis holds (x, y) pairs in output-map coordinates. ``wh`` is a
+# size, mapped like a point only for the official 2D box (``eval.ddd_official_2d_box``).
+POINT_KEYS = ('boxes', 'centers', 'wh')
+CLASS_NAMES = kitti_data.CLASS_NAMES  # official KITTI class channels 0, 1, 2
+IGNORE_ALL, IGNORE_PEDESTRIAN, IGNORE_CAR, SKIP = -1, -2, -3, -99  # official label codes
+IGNORE_PEAK = 0.9999  # official value at an ignored object's centre (never a positive)
+DEPTH_EPS = 1e-6  # official depth transform 1 / (sigmoid(x) + 1e-6) - 1
+# Official DddDetector's P2 for images given without a calibration (KITTI 2011_09_26).
+DEFAULT_CALIB = np.array([[707.0493, 0, 604.0814, 45.75831], [0, 707.0493, 180.5066, -0.3454157],
+                          [0, 0, 1., 0.004981016]], np.float32)
+BATCH_KEYS = ('image', 'boxes', 'labels', 'mask', 'depth', 'dims', 'alpha', 'aug')
+
+
+def add_config(c: ml_collections.ConfigDict) -> None:
+  """Adds the ddd keys (official defaults, docs/parity.md 4.13) to the shared config sections."""
+  c.data.max_objs = 50  # official KITTI
+  c.loss.hm_weight = 1.0  # official weights: hm 1, dep 1, dim 1, rot 1, wh 0.1, off 1
+  c.loss.dep_weight = 1.0
+  c.loss.dim_weight = 1.0
+  c.loss.rot_weight = 1.0
+  c.loss.wh_weight = 0.1
+  c.loss.off_weight = 1.0
+  c.loss.min_overlap = 0.7  # official gaussian_radius overlap
+  c.loss.reg_bbox = True  # the wh head (official --not_reg_bbox turns it off)
+  c.loss.reg_offset = True  # the reg head (official --not_reg_offset)
+  c.eval.peak_thresh = 0.2  # official --peak_thresh: detections scoring above it are kept
+  # Official ddd_post_process_2d maps the box size (w, h) through the inverse affine like a
+  # point (translation included), so its 2D boxes are wrong; True reproduces it.
+  c.eval.ddd_official_2d_box = False
+  # Official ddd_post_process_3d unprojects every image of a batch with the first image's P2.
+  c.eval.ddd_first_image_calib = False
+  # Minimum overlaps of the KITTI evaluation: 'devkit' (the benchmark: Car 0.7, Pedestrian and
+  # Cyclist 0.5 everywhere) or 'centernet' (the official offline tool's looser BEV / 3D table,
+  # which its published BEV numbers use).
+  c.eval.kitti_overlaps = 'devkit'
+  # Multiplies the KITTI difficulties' minimum box heights (40 / 25 / 25 px on 1242 x 375
+  # images); 1 is the benchmark. The built-in shapes_ddd set (smaller images) uses its
+  # shapes_ddd.pixel_scale so that moderate means the same depths as on KITTI.
+  c.eval.kitti_min_height_scale = 1.0
+
+
+def heads(num_classes: int, config: ml_collections.ConfigDict | None = None
+          ) -> tuple[tuple[str, int], ...]:
+  """The official ddd heads in the official order: hm, dep, rot, dim, then wh and reg.
+
+  ``config.loss.reg_bbox`` / ``reg_offset`` (default on) keep the wh / reg heads.
+  """
+  reg_bbox = True if config is None else bool(config.loss.reg_bbox)
+  reg_offset = True if config is None else bool(config.loss.reg_offset)
+  out = (('hm', num_classes), ('dep', 1), ('rot', 8), ('dim', 3))
+  return out + ((('wh', 2),) if reg_bbox else ()) + ((('reg', 2),) if reg_offset else ())
+
+
+def _f32_neighbours(t: float) -> tuple[np.float32, np.float32]:
+  """(largest float32 < t, smallest float32 > t): float32 x < t iff x <= lo, x > t iff x >= hi."""
+  f = np.float32(t)
+  lo = f if float(f) < t else np.nextafter(f, np.float32(-np.inf))
+  hi = f if float(f) > t else np.nextafter(f, np.float32(np.inf))
+  return np.float32(lo), np.float32(hi)
+
+
+_PI6 = _f32_neighbours(math.pi / 6)
+_MINUS_PI6 = _f32_neighbours(-math.pi / 6)
+_PI56 = _f32_neighbours(5 * math.pi / 6)
+_MINUS_PI56 = _f32_neighbours(-5 * math.pi / 6)
+
+
+def rotation_bins(alpha: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The official two overlapping orientation bins of alpha (``_alpha_to_8``).
+
+  Bin 1: alpha < pi/6 or alpha > 5pi/6, residual alpha + pi/2; bin 2: alpha > -pi/6 or
+  alpha < -5pi/6, residual alpha - pi/2. The comparisons are the official float64 ones, exact
+  for float32 alpha (a float32 x < t exactly when x <= the largest float32 below t); residuals
+  are not wrapped and are 0 outside their bin.
+
+  Args:
+    alpha: [...] observation angles in radians.
+
+  Returns:
+    (rotbin [..., 2] int32 in {0, 1}, rotres [..., 2] float32).
+  """
+  a = jnp.asarray(alpha, jnp.float32)
+  bin1 = (a <= _PI6[0]) | (a >= _PI56[1])
+  bin2 = (a >= _MINUS_PI6[1]) | (a <= _MINUS_PI56[0])
+  res1 = jnp.where(bin1, a + np.float32(0.5 * math.pi), 0.0)
+  res2 = jnp.where(bin2, a - np.float32(0.5 * math.pi), 0.0)
+  return jnp.stack([bin1, bin2], -1).astype(jnp.int32), jnp.stack([res1, res2], -1)
+
+
+def depth_from_output(dep: jax.Array) -> jax.Array:
+  """Official depth output transform: 1 / (sigmoid(x) + 1e-6) - 1 (float32, metres)."""
+  return 1.0 / (jax.nn.sigmoid(dep.astype(jnp.float32)) + DEPTH_EPS) - 1.0
+
+
+def _class_channels(labels: jax.Array, num_classes: int) -> jax.Array:
+  """[B, M, C] bool: the channels an object draws in (its class, or those it is ignored in)."""
+  ignored_one = -labels - 2  # IGNORE_PEDESTRIAN -> 0, IGNORE_CAR -> 1
+  one = jnp.where(labels >= 0, labels, ignored_one)
+  channels = jax.nn.one_hot(one, num_classes, dtype=jnp.bool_)  # out of range: no channel
+  return jnp.where((labels == IGNORE_ALL)[..., None], True, channels)
+
+
+def _render_heatmap(ct_int: jax.Array, radius: jax.Array, channels: jax.Array,
+                    drawn: jax.Array, ignored: jax.Array, output_hw: Sequence[int]) -> jax.Array:
+  """The official slot loop over objects: max-merged Gaussians, 0.9999 at ignored centres.
+
+  An ignored object overwrites its centre pixel with 0.9999 in its channels after drawing its
+  Gaussian, so a positive drawn earlier on that pixel loses its peak and one drawn later keeps
+  it; the loop runs over the slots in order (``lax.scan``) to keep exactly that.
+  """
+  out_h, out_w = int(output_hw[0]), int(output_hw[1])
+  b, _, num_classes = channels.shape
+  ys = jnp.arange(out_h)[None, :, None]
+  xs = jnp.arange(out_w)[None, None, :]
+  zeros = jnp.zeros((b, 1), jnp.int32)
+
+  def step(hm, obj):
+    c_int, r, ch, ok, ign = obj
+    g = gaussian.draw_gaussians(c_int[:, None], r[:, None], zeros, ok[:, None], num_classes=1,
+                                output_hw=(out_h, out_w))  # [B, h, w, 1]
+    ch = ch & ok[:, None]
+    hm = jnp.where(ch[:, None, None, :], jnp.maximum(hm, g), hm)
+    centre = (ys == c_int[:, 1, None, None]) & (xs == c_int[:, 0, None, None])  # [B, h, w]
+    reset = centre[..., None] & (ch & ign[:, None])[:, None, None, :]
+    return jnp.where(reset, IGNORE_PEAK, hm), None
+
+  slots = tuple(jnp.moveaxis(x, 1, 0) for x in (ct_int, radius, channels, drawn, ignored))
+  hm, _ = jax.lax.scan(step, jnp.zeros((b, out_h, out_w, num_classes), jnp.float32), slots)
+  return hm
+
+
+def ddd_targets(
+    boxes: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    depth: jax.Array,
+    dims: jax.Array,
+    alpha: jax.Array,
+    aug: jax.Array,
+    *,
+    num_classes: int,
+    output_hw: Sequence[int],
+    min_overlap: float = 0.7,
+) -> dict[str, jax.Array]:
+  """Official ddd targets (``datasets/sample/ddd.py``, docs/parity.md 4.13), on device.
+
+  Per slot k in order: an object with label ``SKIP`` (or mask 0) is skipped; corners are
+  clipped to [0, out - 1] and the object kept when h > 0 and w > 0; radius = max(0, int(r))
+  of the float sides (no ceil, unlike ctdet); ct_int = trunc(box centre). An ignored object
+  (label < 0) draws its Gaussian in the channels it is ignored in (``IGNORE_ALL``: all) and
+  sets 0.9999 at ct_int there, nothing else. A positive draws in its class channel and sets
+  ind, wh (w, h in output pixels), reg = ct - ct_int, dep, dim, rotbin/rotres
+  (:func:`rotation_bins` of alpha), rot_mask = 1 and reg_mask = 1 unless its image was
+  scale/shift augmented (``aug``: official reg_mask 0 there, so depth and size are not
+  supervised). The radius is evaluated in float32; the official float64 truncation can differ
+  only for sides whose radius lies within ~1e-6 of an integer.
+
+  Args:
+    boxes: [B, M, 4] float32 xyxy in output-map pixels, unclipped.
+    labels: [B, M] int32: class channel 0..C-1, or IGNORE_ALL, IGNORE_PEDESTRIAN, IGNORE_CAR,
+      SKIP.
+    mask: [B, M] nonzero marks a real object (padding 0).
+    depth: [B, M] float32 metres; dims: [B, M, 3] float32 (h, w, l) metres;
+    alpha: [B, M] float32 observation angle, radians.
+    aug: [B] nonzero where the random scale/shift was applied to the image.
+    num_classes: C.
+    output_hw: (h_out, w_out).
+    min_overlap: overlap of the radius (official 0.7).
+
+  Returns:
+    dict hm [B, h, w, C], ind [B, M] int32, dep [B, M, 1], dim [B, M, 3], rotbin [B, M, 2]
+    int32, rotres [B, M, 2], wh [B, M, 2], reg [B, M, 2], reg_mask [B, M], rot_mask [B, M]
+    (float32 unless said).
+  """
+  out_h, out_w = int(output_hw[0]), int(output_hw[1])
+  boxes = jnp.asarray(boxes, jnp.float32)
+  labels = jnp.asarray(labels, jnp.int32)
+  x1 = jnp.clip(boxes[..., 0], 0, out_w - 1)
+  y1 = jnp.clip(boxes[..., 1], 0, out_h - 1)
+  x2 = jnp.clip(boxes[..., 2], 0, out_w - 1)
+  y2 = jnp.clip(boxes[..., 3], 0, out_h - 1)
+  bw, bh = x2 - x1, y2 - y1
+  drawn = (jnp.asarray(mask) != 0) & (labels > SKIP) & (bh > 0) & (bw > 0)
+  positive = drawn & (labels >= 0)
+  radius = jnp.maximum(0, gaussian.gaussian_radius(bh, bw, min_overlap).astype(jnp.int32))
+  ct = jnp.stack([(x1 + x2) / 2, (y1 + y2) / 2], axis=-1)
+  ct_int = ct.astype(jnp.int32)  # trunc; ct >= 0 after clipping
+  hm = _render_heatmap(ct_int, radius, _class_channels(labels, num_classes), drawn,
+                       labels < 0, (out_h, out_w))
+
+  pos = positive[..., None]
+  rotbin, rotres = rotation_bins(alpha)
+  # jnp.where (not a product) so garbage in unused rows, even NaN, cannot leak.
+  aug = jnp.asarray(aug) != 0
+  return {
+      'hm': hm,
+      'ind': jnp.where(positive, ct_int[..., 1] * out_w + ct_int[..., 0], 0).astype(jnp.int32),
+      'dep': jnp.where(pos, jnp.asarray(depth, jnp.float32)[..., None], 0.0),
+      'dim': jnp.where(pos, jnp.asarray(dims, jnp.float32), 0.0),
+      'rotbin': jnp.where(pos, rotbin, 0),
+      'rotres': jnp.where(pos, rotres, 0.0),
+      'wh': jnp.where(pos, jnp.stack([bw, bh], axis=-1), 0.0),
+      'reg': jnp.where(pos, ct - ct_int.astype(jnp.float32), 0.0),
+      'reg_mask': (positive & ~aug[:, None]).astype(jnp.float32),
+      'rot_mask': positive.astype(jnp.float32),
+  }
+
+
+def masked_l1_mean(pred: jax.Array, ind: jax.Array, mask: jax.Array,
+                   target: jax.Array) -> jax.Array:
+  """Official ddd ``L1Loss``: mean of |pred * m - gt * m| over all B x M x D entries.
+
+  Unlike ctdet's RegL1 it is not normalised by the number of objects: unused slots count.
+
+  Args:
+    pred: [B, h, w, D] map; ind: [B, M] flat indices; mask: [B, M]; target: [B, M, D].
+  """
+  gathered = losses.gather_feat(pred, ind).astype(jnp.float32)
+  m = jnp.asarray(mask, jnp.float32)[..., None]
+  return jnp.mean(jnp.abs(gathered * m - jnp.asarray(target, jnp.float32) * m))
+
+
+def bin_rot_loss(rot: jax.Array, mask: jax.Array, rotbin: jax.Array,
+                 rotres: jax.Array) -> jax.Array:
+  """Official ``BinRotLoss`` on the rot values gathered at the objects.
+
+  Per bin: cross-entropy of the masked logit pair (logits x mask) against the bin target,
+  averaged over all B x M rows (a masked row costs ln 2, so no object gives 2 ln 2); plus
+  smooth-L1 of the sin and cos channels against sin / cos of the residual, each averaged over
+  the rows whose bin target is 1 (0 when there is none).
+
+  Args:
+    rot: [B, M, 8] gathered rot outputs; mask: [B, M] (rot_mask);
+    rotbin: [B, M, 2] int; rotres: [B, M, 2] float32.
+
+  Returns:
+    scalar float32 loss.
+  """
+  rot = rot.astype(jnp.float32)
+  m = jnp.asarray(mask, jnp.float32)[..., None]
+  total = jnp.zeros((), jnp.float32)
+  for i in range(2):
+    logits = rot[..., 4 * i:4 * i + 2] * m
+    target = rotbin[..., i].astype(jnp.int32)
+    picked = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
+    total += jnp.mean(jax.nn.logsumexp(logits, axis=-1) - picked)
+    sel = rotbin[..., i] != 0
+    n = jnp.maximum(jnp.sum(sel), 1).astype(jnp.float32)
+    res = rotres[..., i].astype(jnp.float32)
+    for ch, fn in ((4 * i + 2, jnp.sin), (4 * i + 3, jnp.cos)):
+      diff = jnp.where(sel, rot[..., ch] - fn(res), 0.0)
+      total += jnp.sum(jnp.where(sel, losses.smooth_l1(diff), 0.0)) / n
+  return total
+
+
+def ddd_loss(
+    outputs: Sequence[Mapping[str, jax.Array]],
+    targets: Mapping[str, jax.Array],
+    *,
+    hm_weight: float = 1.0,
+    dep_weight: float = 1.0,
+    dim_weight: float = 1.0,
+    rot_weight: float = 1.0,
+    wh_weight: float = 0.1,
+    off_weight: float = 1.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Official ``DddLoss``, each term averaged over stacks.
+
+  Focal loss on ``hm``; :func:`masked_l1_mean` on the transformed depth and on ``dim`` (mask
+  reg_mask) and on ``wh`` and ``reg`` (mask rot_mask); :func:`bin_rot_loss` on ``rot``. A stack
+  without a ``wh`` or ``reg`` head contributes 0 to that term.
+
+  Args:
+    outputs: list over stacks of {'hm', 'dep', 'rot', 'dim', 'wh' (optional), 'reg'
+      (optional)}, each [B, h, w, channels] raw outputs.
+    targets: :func:`ddd_targets`.
+
+  Returns:
+    (total, {'hm_loss', 'dep_loss', 'dim_loss', 'rot_loss', 'wh_loss', 'off_loss', 'loss'}).
+  """
+  n = len(outputs)
+  t = targets
+  parts = dict.fromkeys(('hm_loss', 'dep_loss', 'dim_loss', 'rot_loss', 'wh_loss', 'off_loss'),
+                        jnp.zeros((), jnp.float32))
+  for out in outputs:
+    parts['hm_loss'] += losses.focal_loss(out['hm'], t['hm']) / n
+    parts['dep_loss'] += masked_l1_mean(depth_from_output(out['dep']), t['ind'], t['reg_mask'],
+                                        t['dep']) / n
+    parts['dim_loss'] += masked_l1_mean(out['dim'], t['ind'], t['reg_mask'], t['dim']) / n
+    parts['rot_loss'] += bin_rot_loss(losses.gather_feat(out['rot'], t['ind']), t['rot_mask'],
+                                      t['rotbin'], t['rotres']) / n
+    if out.get('wh') is not None:
+      parts['wh_loss'] += masked_l1_mean(out['wh'], t['ind'], t['rot_mask'], t['wh']) / n
+    if out.get('reg') is not None:
+      parts['off_loss'] += masked_l1_mean(out['reg'], t['ind'], t['rot_mask'], t['reg']) / n
+  total = (hm_weight * parts['hm_loss'] + dep_weight * parts['dep_loss']
+           + dim_weight * parts['dim_loss'] + rot_weight * parts['rot_loss']
+           + wh_weight * parts['wh_loss'] + off_weight * parts['off_loss'])
+  parts['loss'] = total
+  return total, parts
+
+
+def ddd_decode(hm_prob: jax.Array, rot: jax.Array, depth: jax.Array, dim: jax.Array,
+               wh: jax.Array | None = None, reg: jax.Array | None = None,
+               K: int = 100) -> dict[str, jax.Array]:
+  """Official ``ddd_decode``: top-K centre peaks and the heads gathered there.
+
+  Centre = peak pixel + reg (+0.5 without a reg head); box = centre -+ wh / 2 (a point at the
+  centre without a wh head).
+
+  Args:
+    hm_prob: [B, h, w, C] probabilities; rot: [B, h, w, 8] raw; depth: [B, h, w, 1] metres
+      (:func:`depth_from_output` applied); dim: [B, h, w, 3]; wh, reg: [B, h, w, 2] or None.
+    K: detections per image (official 100).
+
+  Returns:
+    dict centers [B, K, 2], boxes [B, K, 4] xyxy and wh [B, K, 2] in output-map coordinates,
+    scores [B, K], classes [B, K] int32, rot [B, K, 8], depth [B, K], dims [B, K, 3].
+  """
+  scores, inds, classes, ys, xs = decode.topk(decode.peaks(hm_prob), K)
+  if reg is not None:
+    off = losses.gather_feat(reg, inds).astype(jnp.float32)
+    xs, ys = xs + off[..., 0], ys + off[..., 1]
+  else:
+    xs, ys = xs + 0.5, ys + 0.5
+  size = (losses.gather_feat(wh, inds).astype(jnp.float32) if wh is not None
+          else jnp.zeros(xs.shape + (2,), jnp.float32))
+  half_w, half_h = size[..., 0] / 2, size[..., 1] / 2
+  return {
+      'centers': jnp.stack([xs, ys], axis=-1),
+      'boxes': jnp.stack([xs - half_w, ys - half_h, xs + half_w, ys + half_h], axis=-1),
+      'wh': size,
+      'scores': scores.astype(jnp.float32),
+      'classes': classes,
+      'rot': losses.gather_feat(rot, inds).astype(jnp.float32),
+      'depth': losses.gather_feat(depth, inds).astype(jnp.float32)[..., 0],
+      'dims': losses.gather_feat(dim, inds).astype(jnp.float32),
+  }
+
+
+# --- Host post-process (numpy) -------------------------------------------------------------
+
+
+def alpha_from_rot(rot: np.ndarray) -> np.ndarray:
+  """Official ``get_alpha``: alpha of the bin whose second logit is strictly larger.
+
+  Bin 1 gives atan2(sin1, cos1) - pi/2, bin 2 atan2(sin2, cos2) + pi/2; ties go to bin 2; not
+  wrapped (within (-3pi/2, 3pi/2]).
+
+  Args:
+    rot: [..., 8] decoded rot values.
+
+  Returns:
+    [...] float32 alpha.
+  """
+  rot = np.asarray(rot, np.float32)
+  alpha1 = np.arctan2(rot[..., 2], rot[..., 3]) + np.float32(-0.5 * np.pi)
+  alpha2 = np.arctan2(rot[..., 6], rot[..., 7]) + np.float32(0.5 * np.pi)
+  return np.where(rot[..., 1] > rot[..., 5], alpha1, alpha2).astype(np.float32)
+
+
+def alpha_to_rotation_y(alpha: np.ndarray, u: np.ndarray, cx: float, fx: float) -> np.ndarray:
+  """Official ``alpha2rot_y``: alpha + atan2(u - cx, fx), wrapped into [-pi, pi] once.
+
+  Args:
+    alpha: [...] observation angles; u: [...] image x of the object centre (pixels);
+    cx, fx: principal point x and focal length of P2.
+  """
+  rot_y = (np.asarray(alpha, np.float32)
+           + np.arctan2(np.asarray(u, np.float32) - np.float32(cx), np.float32(fx)))
+  rot_y = np.where(rot_y > np.pi, rot_y - 2 * np.pi, rot_y)
+  return np.where(rot_y < -np.pi, rot_y + 2 * np.pi, rot_y).astype(np.float32)
+
+
+def unproject(centers: np.ndarray, depth: np.ndarray, calib: np.ndarray) -> np.ndarray:
+  """Official ``unproject_2d_to_3d``: the 3D point at ``depth`` seen at image point ``centers``.
+
+  z = d - P[2, 3]; x = (u d - P[0, 3] - P[0, 2] z) / P[0, 0]; y = (v d - P[1, 3] - P[1, 2] z) /
+  P[1, 1] (exact for KITTI's P2, whose first three columns are upper triangular with
+  P[0, 1] = 0).
+
+  Args:
+    centers: [..., 2] (u, v) pixels; depth: [...] metres; calib: [3, 4] P2.
+
+  Returns:
+    [..., 3] float32 (x, y, z) in camera coordinates.
+  """
+  p = np.asarray(calib, np.float32)
+  c = np.asarray(centers, np.float32)
+  d = np.asarray(depth, np.float32)
+  z = d - p[2, 3]
+  x = (c[..., 0] * d - p[0, 3] - p[0, 2] * z) / p[0, 0]
+  y = (c[..., 1] * d - p[1, 3] - p[1, 2] * z) / p[1, 1]
+  return np.stack([x, y, z], axis=-1).astype(np.float32)
+
+
+def locate(centers: np.ndarray, depth: np.ndarray, dims: np.ndarray, alpha: np.ndarray,
+           calib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Official ``ddd2locrot``: bottom-centre location and rotation_y of boxes seen at ``centers``.
+
+  location = :func:`unproject` (centre, depth) with y moved down by h / 2 (the 2D centre is taken
+  as the 3D box's middle); rotation_y = :func:`alpha_to_rotation_y` (alpha, u).
+
+  Args:
+    centers: [..., 2] (u, v) pixels; depth: [...]; dims: [..., 3] (h, w, l); alpha: [...];
+    calib: [3, 4] P2.
+
+  Returns:
+    (locations [..., 3], rotation_y [...]) float32.
+  """
+  calib = np.asarray(calib, np.float32)
+  if calib.shape != (3, 4):
+    raise ValueError(f'calib must be the 3 x 4 P2, got shape {calib.shape}')
+  centers = np.asarray(centers, np.float32)
+  locations = unproject(centers, depth, calib)
+  locations[..., 1] += np.asarray(dims, np.float32)[..., 0] / 2
+  return locations, alpha_to_rotation_y(alpha, centers[..., 0], calib[0, 2], calib[0, 0])
+
+
+def objects_3d(dets: Mapping[str, np.ndarray], calib: np.ndarray, *,
+               official_2d_box: bool = False) -> dict[str, np.ndarray]:
+  """The official 3D post-process of one image's detections (``ddd_post_process_3d``).
+
+  Args:
+    dets: one image's detections in original pixels (after the pipeline maps ``POINT_KEYS``):
+      centers [K, 2], boxes [K, 4], wh [K, 2] (the size mapped like a point), scores [K],
+      classes [K], rot [K, 8], depth [K], dims [K, 3].
+    calib: [3, 4] P2 in original image pixels.
+    official_2d_box: the official box centre -+ wh / 2 with wh mapped like a point (wrong;
+      parity only) instead of ``boxes``.
+
+  Returns:
+    dict classes [K] int32, scores [K], alpha [K], boxes [K, 4] xyxy, dims [K, 3] (h, w, l),
+    locations [K, 3] (bottom centre), rotation_y [K], corners [K, 8, 3], float32 unless said.
+  """
+  dims = np.asarray(dets['dims'], np.float32)
+  alpha = alpha_from_rot(dets['rot'])
+  locations, rotation_y = locate(dets['centers'], dets['depth'], dims, alpha, calib)
+  return {'classes': np.asarray(dets['classes'], np.int32),
+          'scores': np.asarray(dets['scores'], np.float32), 'alpha': alpha,
+          'boxes': _boxes_2d(dets, official_2d_box), 'dims': dims, 'locations': locations,
+          'rotation_y': rotation_y,
+          'corners': kitti_data.box3d_corners(dims, locations, rotation_y).astype(np.float32)}
+
+
+def _boxes_2d(dets: Mapping[str, np.ndarray], official: bool) -> np.ndarray:
+  """[K, 4] xyxy: ``boxes``, or the official centre -+ wh / 2 with wh mapped like a point."""
+  if not official:
+    return np.asarray(dets['boxes'], np.float32)
+  centers = np.asarray(dets['centers'], np.float32)
+  half = np.asarray(dets['wh'], np.float32) / 2
+  return np.concatenate([centers - half, centers + half], axis=-1)
+
+
+def ddd_post_process(dets: Mapping[str, np.ndarray], calibs: np.ndarray, *,
+                     official_2d_box: bool = False, first_image_calib: bool = False,
+                     peak_thresh: float = 0.2) -> list[dict[str, np.ndarray]]:
+  """The host post-process of a batch: :func:`objects_3d` per image, scores > ``peak_thresh``.
+
+  Args:
+    dets: batch detections in original pixels ([B, K, ...], see :func:`objects_3d`).
+    calibs: [B, 3, 4] each image's P2.
+    official_2d_box: see :func:`objects_3d`.
+    first_image_calib: the official (wrong for B > 1) use of the first image's P2 for all.
+    peak_thresh: official ``--peak_thresh`` (merge_outputs keeps scores strictly above it).
+
+  Returns:
+    One :func:`objects_3d` dict per image, detections above the threshold only.
+  """
+  calibs = np.asarray(calibs, np.float32)
+  out = []
+  for i in range(np.asarray(dets['scores']).shape[0]):
+    one = {k: np.asarray(v)[i] for k, v in dets.items() if k != 'valid'}
+    objs = objects_3d(one, calibs[0] if first_image_calib else calibs[i],
+                      official_2d_box=official_2d_box)
+    keep = objs['scores'] > peak_thresh
+    out.append({k: v[keep] for k, v in objs.items()})
+  return out
+
+
+# --- Binding to a config -------------------------------------------------------------------
+
+
+def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
+                    tx: optax.GradientTransformation, schedule: optax.Schedule | None = None
+                    ) -> Callable[[state.TrainState, dict], tuple[state.TrainState, dict]]:
+  """Builds the ddd ``train_step(state, batch) -> (state, metrics)`` (not jitted).
+
+  The batch holds ``BATCH_KEYS``: image [B, S_h, S_w, 3], boxes [B, M, 4] xyxy in input pixels
+  after the affine, labels [B, M] int32 (official codes), mask [B, M], depth [B, M], dims
+  [B, M, 3], alpha [B, M], aug [B]; boxes are divided by ``config.model.down_ratio``.
+  """
+  num_classes = config.model.num_classes
+  down = config.model.down_ratio
+  lc = config.loss
+
+  def make_targets(batch):
+    missing = [k for k in BATCH_KEYS if k not in batch]
+    if missing:
+      raise ValueError(f'a ddd batch needs {missing} (has {sorted(batch)})')
+    _, height, width, _ = batch['image'].shape
+    out_hw = models.output_hw(model, height, width)
+    if (out_hw[0] * down, out_hw[1] * down) != (height, width):
+      raise ValueError(
+          f'a {height}x{width} input gives a {out_hw[0]}x{out_hw[1]} output map, not the input '
+          f'/ config.model.down_ratio={down}: train on sizes the network divides exactly')
+    return ddd_targets(batch['boxes'] / down, batch['labels'], batch['mask'], batch['depth'],
+                       batch['dims'], batch['alpha'], batch['aug'], num_classes=num_classes,
+                       output_hw=out_hw, min_overlap=lc.min_overlap)
+
+  def loss(outputs, tgt):
+    return ddd_loss(outputs, tgt, hm_weight=lc.hm_weight, dep_weight=lc.dep_weight,
+                    dim_weight=lc.dim_weight, rot_weight=lc.rot_weight,
+                    wh_weight=lc.wh_weight, off_weight=lc.off_weight)
+
+  return state.make_train_step_from_objective(model, tx, make_targets, loss,
+                                              lambda tgt: tgt['rot_mask'].sum(), schedule)
+
+
+def make_predict_fn(config: ml_collections.ConfigDict, model: nn.Module, *,
+                    merge_later: bool = False) -> Callable[[dict, jax.Array], dict]:
+  """Builds ``predict(variables, images) -> detections`` (model + :func:`ddd_decode` on device).
+
+  Official test: plain sigmoid on hm, the depth transform, top ``eval.K``; no flip test and no
+  NMS (the official ddd detector has neither).
+
+  Raises:
+    ValueError: ``eval.flip_test`` or several test scales (``merge_later``).
+  """
+  e = config.eval
+  if e.flip_test or merge_later:
+    raise ValueError('ddd has no flip or multi-scale test (official): set '
+                     'config.eval.flip_test=False and config.eval.test_scales=(1.0,)')
+  K = e.K
+
+  def predict(variables: dict, images: jax.Array) -> dict:
+    out = model.apply(variables, images, train=False)[-1]  # inference uses the last stack
+    f32 = {k: (out[k].astype(jnp.float32) if k in out else None) for k in ('wh', 'reg')}
+    return ddd_decode(jax.nn.sigmoid(out['hm'].astype(jnp.float32)), out['rot'],
+                      depth_from_output(out['dep']), out['dim'], f32['wh'], f32['reg'], K=K)
+
+  return predict
+
+
+def make_post_process(config: ml_collections.ConfigDict
+                      ) -> Callable[[Mapping[str, np.ndarray], np.ndarray], list[dict]]:
+  """:func:`ddd_post_process` bound to the config, for callers with batches (predict, drawing).
+
+  Reads ``eval.peak_thresh``, ``eval.ddd_official_2d_box`` and ``eval.ddd_first_image_calib``.
+
+  Returns:
+    ``post_process(dets, calibs) -> [objects per image]`` (dets in original pixels, calibs
+    [B, 3, 4]).
+  """
+  e = config.eval
+
+  def post_process(dets: Mapping[str, np.ndarray], calibs: np.ndarray) -> list[dict]:
+    return ddd_post_process(dets, calibs, official_2d_box=bool(e.ddd_official_2d_box),
+                            first_image_calib=bool(e.ddd_first_image_calib),
+                            peak_thresh=float(e.peak_thresh))
+
+  return post_process
+
+
+def make_merge(config: ml_collections.ConfigDict) -> Callable[[dict], dict]:
+  """Multi-scale merge: not part of the official ddd test.
+
+  Raises:
+    ValueError: always, naming ``config.eval.test_scales``.
+  """
+  raise ValueError(f'ddd has no multi-scale test (official): config.eval.test_scales='
+                   f'{tuple(config.eval.test_scales)!r} must be (1.0,)')
+
+
+def coco_results(dets: Mapping[str, np.ndarray], image_id: int, category_ids: Sequence[int],
+                 config: ml_collections.ConfigDict) -> list[dict]:
+  """One image's 2D-stage results (official ``ddd_post_process_2d`` + ``merge_outputs``).
+
+  The 3D stage needs the image's P2, which :func:`evaluate` reads from the ground truth. Each
+  result: image_id, category_id, type (``CLASS_NAMES``), score, bbox xywh (the corrected box,
+  or with ``eval.ddd_official_2d_box`` the official one), center (u, v), alpha, depth,
+  dimensions (h, w, l), in original pixels, radians and metres; detections scoring <=
+  ``eval.peak_thresh`` are dropped.
+
+  Args:
+    dets: one image's detections in original pixels (:func:`ddd_decode` keys).
+    image_id: its image id.
+    category_ids: contiguous label -> category id.
+    config: the experiment config.
+  """
+  e = config.eval
+  scores = np.asarray(dets['scores'], np.float32)
+  boxes = _boxes_2d(dets, bool(e.ddd_official_2d_box))
+  alpha = alpha_from_rot(dets['rot'])
+  out = []
+  for k in np.flatnonzero(scores > e.peak_thresh):
+    label = int(dets['classes'][k])
+    x1, y1, x2, y2 = (float(v) for v in boxes[k])
+    out.append({'image_id': int(image_id), 'category_id': int(category_ids[label]),
+                'type': CLASS_NAMES[label], 'score': float(scores[k]),
+                'bbox': [x1, y1, x2 - x1, y2 - y1],
+                'center': [float(v) for v in dets['centers'][k]], 'alpha': float(alpha[k]),
+                'depth': float(dets['depth'][k]),
+                'dimensions': [float(v) for v in dets['dims'][k]]})
+  return out
+
+
+def results_to_kitti(results: Sequence[Mapping], calib: np.ndarray, *,
+                     decimals: int | None = 2) -> list[dict]:
+  """KITTI object dicts of one image's :func:`coco_results`: the 3D stage with its P2.
+
+  truncated 0.0 and occluded 0 as the official ``save_results``; ``decimals`` rounds every
+  number as the official result files do (None: no rounding).
+  """
+  if not results:
+    return []
+  bbox = np.array([r['bbox'] for r in results], np.float32)
+  dims = np.array([r['dimensions'] for r in results], np.float32)
+  alpha = np.array([r['alpha'] for r in results], np.float32)
+  locations, rotation_y = locate(np.array([r['center'] for r in results], np.float32),
+                                 np.array([r['depth'] for r in results], np.float32), dims,
+                                 alpha, calib)
+
+  def rnd(v) -> float:
+    return round(float(v), decimals) if decimals is not None else float(v)
+
+  return [{'type': r['type'], 'truncated': 0.0, 'occluded': 0, 'alpha': rnd(alpha[k]),
+           'bbox': [rnd(v) for v in (*bbox[k, :2], *(bbox[k, :2] + bbox[k, 2:]))],
+           'dimensions': [rnd(v) for v in dims[k]],
+           'location': [rnd(v) for v in locations[k]], 'rotation_y': rnd(rotation_y[k]),
+           'score': rnd(r['score'])} for k, r in enumerate(results)]
+
+
+def write_results(gt: Mapping[int, Mapping], results: Sequence[Mapping],
+                  image_ids: Sequence[int], config: ml_collections.ConfigDict,
+                  out_dir: str) -> list[str]:
+  """Writes the official KITTI result files: ``out_dir/<image id, 6 digits>.txt`` per image.
+
+  One label-format line per detection with its score (:func:`results_to_kitti`, 2 decimals),
+  an empty file for an image without detections, as the official ``save_results``.
+
+  Args:
+    gt, results, image_ids, config: as :func:`evaluate` (``gt`` gives each image's P2).
+    out_dir: created if needed.
+
+  Returns:
+    The paths written, in ``image_ids`` order.
+  """
+  per_image = _results_per_image(gt, results, image_ids)
+  decimals = 2 if config.eval.round_results else None
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for i, rs in per_image.items():
+    paths.append(os.path.join(out_dir, f'{i:06d}.txt'))
+    kitti_data.write_label_file(paths[-1], results_to_kitti(rs, gt[i]['calib'],
+                                                            decimals=decimals))
+  return paths
+
+
+def _results_per_image(gt: Mapping[int, Mapping], results: Sequence[Mapping],
+                       image_ids: Sequence[int]) -> dict[int, list]:
+  """{image id: its results} for ``image_ids``; raises naming image ids without ground truth."""
+  per_image: dict[int, list] = {int(i): [] for i in image_ids}
+  for r in results:
+    if int(r['image_id']) in per_image:
+      per_image[int(r['image_id'])].append(r)
+  missing = [i for i in per_image if i not in gt]
+  if missing:
+    raise ValueError(f'no KITTI ground truth (calib, objects) for image ids {missing[:10]}'
+                     + (f' and {len(missing) - 10} more' if len(missing) > 10 else ''))
+  return per_image
+
+
+def evaluate(gt: Mapping[int, Mapping], results: Sequence[Mapping], image_ids: Sequence[int],
+             config: ml_collections.ConfigDict, log: Callable[[str], object] | None = print
+             ) -> dict[str, float]:
+  """KITTI object benchmark of ``results`` over ``image_ids`` (docs/parity.md 4.13).
+
+  Args:
+    gt: image id -> {'calib': [3, 4] P2, 'objects': KITTI object dicts (type, truncated,
+      occluded, alpha, bbox, dimensions, location, rotation_y)}.
+    results: :func:`coco_results` of every image.
+    image_ids: the images evaluated (every image of the split).
+    config: the experiment config (``eval.round_results``: 2 decimals as the official files;
+      ``eval.kitti_overlaps``: the minimum-overlap table).
+    log: prints the metrics, or None.
+
+  Returns:
+    ``evaluation.kitti.evaluate_kitti``'s metrics ({2d,aos,bev,3d}_AP_<class>_<difficulty>
+    and their ``_r11`` twins).
+
+  Raises:
+    ValueError: naming image ids without ground truth, or ``config.eval.kitti_overlaps``.
+  """
+  from centernet_jax.evaluation import kitti as kitti_eval
+
+  per_image = _results_per_image(gt, results, image_ids)
+  decimals = 2 if config.eval.round_results else None
+  dets = {i: results_to_kitti(rs, gt[i]['calib'], decimals=decimals)
+          for i, rs in per_image.items()}
+  tables = {'devkit': kitti_eval.MIN_OVERLAPS, 'centernet': kitti_eval.CENTERNET_MIN_OVERLAPS}
+  if config.eval.kitti_overlaps not in tables:
+    raise ValueError(f'config.eval.kitti_overlaps={config.eval.kitti_overlaps!r}: use one of '
+                     f'{sorted(tables)}')
+  metrics = kitti_eval.evaluate_kitti(
+      {i: list(gt[i]['objects']) for i in per_image}, dets,
+      min_overlaps=tables[config.eval.kitti_overlaps],
+      min_height_scale=float(config.eval.kitti_min_height_scale))
+  if log is not None:
+    log('\n'.join(f'{k}: {v:.4f}' for k, v in sorted(metrics.items())))
+  return metrics
