@@ -108,7 +108,7 @@ def time_fn(fn, n: int, warmup: int) -> list[float]:
   return times
 
 
-def _stats(prefix: str, times: list[float]) -> dict:
+def time_stats(prefix: str, times: list[float]) -> dict:
   return {f'{prefix}_s_median': statistics.median(times), f'{prefix}_s_min': min(times),
           f'{prefix}_s_max': max(times), f'{prefix}_timed': len(times)}
 
@@ -201,7 +201,7 @@ def override(config, *, arch: str = '', depth: int = 0, dtype: str = '', num_cla
   return config
 
 
-def _train_setup(config, *, batch: int, size: int):
+def train_setup(config, *, batch: int, size: int):
   """Model, jitted (donating) train step, initial state and a synthetic device batch."""
   import jax
   import numpy as np
@@ -226,7 +226,7 @@ def _train_setup(config, *, batch: int, size: int):
           'state': state, 'data': data, 'rep': rep, 'dat': dat}
 
 
-def _time_train(compiled, state, data, steps: int, warmup: int):
+def time_train(compiled, state, data, steps: int, warmup: int):
   """Times ``compiled(state, data)`` with the state threaded through; returns (times, state)."""
   import jax
   holder = [state]
@@ -241,12 +241,12 @@ def _time_train(compiled, state, data, steps: int, warmup: int):
 def bench_train(config, *, batch: int, size: int, steps: int, warmup: int) -> dict:
   """Train-step time on synthetic device data (the original ``train`` mode)."""
   load_before = _loadavg()
-  s = _train_setup(config, batch=batch, size=size)
+  s = train_setup(config, batch=batch, size=size)
   t0 = time.perf_counter()
   compiled = s['step'].lower(s['state'], s['data']).compile()
   compile_s = time.perf_counter() - t0
   flops = cost_of(compiled)['flops']
-  times, _ = _time_train(compiled, s['state'], s['data'], steps, warmup)
+  times, _ = time_train(compiled, s['state'], s['data'], steps, warmup)
   med = statistics.median(times)
   return {'kind': 'train_step', 'arch': config.model.arch, 'depth': config.model.depth,
           'dtype': config.model.dtype, 'batch': batch, 'size': size,
@@ -414,22 +414,22 @@ def bench_model(config, *, batch: int, size: int, steps: int, warmup: int, infer
          'dtype': config.model.dtype, 'batch': batch, 'size': size,
          'num_classes': config.model.num_classes, 'upsample': config.model.upsample}
   out.update(peak)
-  s = _train_setup(config, batch=batch, size=size)
+  s = train_setup(config, batch=batch, size=size)
   out['params'] = int(sum(x.size for x in jax.tree.leaves(s['state'].params)))
   t0 = time.perf_counter()
   compiled = s['step'].lower(s['state'], s['data']).compile()
   out['train_compile_s'] = time.perf_counter() - t0
   cost = cost_of(compiled)
-  times, s['state'] = _time_train(compiled, s['state'], s['data'], steps, warmup)
+  times, s['state'] = time_train(compiled, s['state'], s['data'], steps, warmup)
   step_s = statistics.median(times)
-  out.update(_stats('train_step', times))
+  out.update(time_stats('train_step', times))
   out['train_images_per_s'] = batch / step_s
   out['train_flops_per_image'] = cost['flops'] / batch
   out['train_achieved_flops_per_s'] = cost['flops'] / step_s
   out['train_mfu'] = cost['flops'] / step_s / peak['peak_flops_per_s']
   if profile_dir:  # a jax.profiler trace of 3 train steps (TensorBoard / Perfetto)
     with jax.profiler.trace(profile_dir):
-      _, s['state'] = _time_train(compiled, s['state'], s['data'], 3, 0)
+      _, s['state'] = time_train(compiled, s['state'], s['data'], 3, 0)
     out['profile_dir'] = profile_dir
   out.update({f'train_{k}': v for k, v in memory_of(compiled).items()})
   if targets_share:
