@@ -166,31 +166,41 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
 # The evaluation pre-processing (official ``pre_process`` of the detectors, rot = 0). The tf
 # version in ``data/transforms.eval_transform`` is tested against these functions.
 
-LETTERBOX_MODES = ('keep_res', 'fixed_res')
+LETTERBOX_MODES = ('keep_res', 'fixed_res', 'fit_width')
 
 
 def _check_mode(mode: str) -> None:
   if mode not in LETTERBOX_MODES:
-    raise ValueError(f"letterbox mode must be 'keep_res' or 'fixed_res', got {mode!r}")
+    raise ValueError(f"letterbox mode must be 'fit_width', 'keep_res' or 'fixed_res', got {mode!r}")
 
 
-def canvas_hw(orig_hw: Sequence[int], mode: str, *, pad: int = 31, size: int = 512
-              ) -> tuple[int, int]:
+def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
+  """A canvas size given as a side (square) or as (h, w)."""
+  if np.ndim(size) == 0:
+    return int(size), int(size)
+  h, w = (int(v) for v in size)
+  return h, w
+
+
+def canvas_hw(orig_hw: Sequence[int], mode: str, *, pad: int = 31,
+              size: int | Sequence[int] = 512) -> tuple[int, int]:
   """The input canvas of an h x w image.
 
   Args:
     orig_hw: (h, w) of the image.
-    mode: 'keep_res' (pad each side to a multiple of pad + 1: official ``--keep_res --pad``)
-      or 'fixed_res' (a size x size canvas).
+    mode: 'keep_res' (pad each side to a multiple of pad + 1: official ``--keep_res --pad``),
+      'fixed_res' (a size x size canvas) or 'fit_width' (the official ddd test: the canvas
+      ``size``, whatever the image).
     pad: 2^n - 1 (31; 127 for the hourglass models).
-    size: the fixed_res side.
+    size: the fixed_res / fit_width canvas: a side (square) or (H, W)
+      (``data.config.eval_canvas_size``).
 
   Returns:
     (H, W) of the canvas.
   """
   _check_mode(mode)
-  if mode == 'fixed_res':
-    return int(size), int(size)
+  if mode in ('fixed_res', 'fit_width'):
+    return _size_hw(size)
   return (int(orig_hw[0]) | pad) + 1, (int(orig_hw[1]) | pad) + 1
 
 
@@ -201,12 +211,14 @@ def letterbox_center_scale(orig_hw: Sequence[int], canvas: Sequence[int], mode: 
   'keep_res' is a centred pad: c = (w // 2, h // 2), s = (W, H), so the affine is the integer
   translation (W // 2 - w // 2, H // 2 - h // 2). 'fixed_res' a centred resize keeping the aspect
   ratio: c = (w / 2, h / 2), s = max(h, w) on a square canvas (for H != W, s is widened so that
-  the whole image fits).
+  the whole image fits). 'fit_width' (official ``DddDetector.pre_process``, docs/parity.md
+  4.13): c = (w / 2, h / 2), s = (w, h), so the image is scaled by W / w to the canvas width,
+  centred; rows beyond the canvas are cropped, missing ones zero border.
 
   Args:
     orig_hw: (h, w) of the image.
     canvas: (H, W) of the input canvas.
-    mode: 'keep_res' or 'fixed_res'.
+    mode: 'keep_res', 'fixed_res' or 'fit_width'.
 
   Returns:
     (center [2] float32 (x, y), scale [2] float32 (w, h)) in image pixels.
@@ -216,6 +228,8 @@ def letterbox_center_scale(orig_hw: Sequence[int], canvas: Sequence[int], mode: 
   in_h, in_w = (int(v) for v in canvas)
   if mode == 'keep_res':
     return np.array([w // 2, h // 2], np.float32), np.array([in_w, in_h], np.float32)
+  if mode == 'fit_width':
+    return np.array([w / 2, h / 2], np.float32), np.array([w, h], np.float32)
   s = max(float(w), h * in_w / in_h)
   return np.array([w / 2, h / 2], np.float32), np.array([s, s], np.float32)
 
@@ -268,8 +282,9 @@ def letterbox(image: np.ndarray, canvas: Sequence[int], mode: str = 'keep_res'
   Args:
     image: [h, w, C] uint8.
     canvas: (H, W); :func:`canvas_hw` gives the evaluation canvas.
-    mode: 'keep_res' (an exact centred pad; the image must fit) or 'fixed_res' (a centred
-      bilinear resize keeping the aspect ratio, rounded to uint8 like the official cv2 warp).
+    mode: 'keep_res' (an exact centred pad; the image must fit), 'fixed_res' (a centred
+      bilinear resize keeping the aspect ratio, rounded to uint8 like the official cv2 warp) or
+      'fit_width' (the same resize to the canvas width, cropped or bordered above and below).
 
   Returns:
     (canvas [H, W, C] uint8, [2, 3] inverse affine: canvas -> image pixels).

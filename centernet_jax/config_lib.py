@@ -21,6 +21,7 @@ import os
 import ml_collections
 
 from centernet_jax import tasks
+from centernet_jax.data import config as data_cfg_lib
 from centernet_jax.data.config import MAX_OBJS_POLICIES, SOURCES, data_config
 
 # The class count of COCO 2017 detection (the official models' heatmap channels).
@@ -369,7 +370,7 @@ def saved_config(path: str) -> ml_collections.ConfigDict | None:
 _CHOICES = {
     'data.source': SOURCES,
     'data.channel_order': ('BGR', 'RGB'),
-    'data.eval_mode': ('keep_res', 'fixed_res'),
+    'data.eval_mode': data_cfg_lib.EVAL_MODES,
     'data.max_objs_policy': MAX_OBJS_POLICIES,
     'data.exif_orientation': ('apply', 'ignore'),  # data/coco.py EXIF_ORIENTATION_MODES
     'model.dtype': ('float32', 'bfloat16'),  # models/layers.py DTYPES
@@ -383,7 +384,7 @@ _POSITIVE_INTS = ('data.input_size', 'data.max_objs', 'data.eval_size', 'model.d
                   'train.batch_size', 'train.log_every', 'train.checkpoint_every', 'eval.K',
                   'eval.batch_size')
 _NON_NEGATIVE_INTS = ('data.eval_pad', 'model.head_conv', 'optim.warmup_steps')
-_FRACTIONS = ('data.flip', 'data.max_skip_fraction')
+_FRACTIONS = ('data.flip', 'data.max_skip_fraction', 'data.ddd_aug')
 
 
 def _get(config: ml_collections.ConfigDict, path: str):
@@ -440,6 +441,7 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
     value = _get(config, path)
     if value is not _MISSING and not (_is_number(value) and 0 <= value <= 1):
       bad(path, 'a number from 0 to 1')
+  _check_ddd_data(config, bad)
   lr = _get(config, 'optim.lr')
   if lr is not _MISSING and not (_is_number(lr) and (lr > 0 or lr == -1)):
     bad('optim.lr', 'a positive number, or -1 (the linear rule from optim.base_lr)')
@@ -451,6 +453,32 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
   if _is_int(steps) and steps <= 0 and not (_is_int(epochs) and epochs > 0):
     bad('train.num_epochs', 'a positive integer when train.num_steps <= 0')
   return problems
+
+
+def _is_pair(value, ok) -> bool:
+  return (isinstance(value, tuple | list) and len(value) == 2
+          and all(_is_int(v) and ok(v) for v in value))
+
+
+def _check_ddd_data(config: ml_collections.ConfigDict, bad) -> None:
+  """The rules of the KITTI / ddd data keys (``bad`` records a problem).
+
+  The 'kitti' paths are checked when the data is opened (data/sources.py), not here: predict,
+  export and the shipped configs need none.
+  """
+  source = _get(config, 'data.source')
+  kitti_sources = data_cfg_lib.KITTI_SOURCES
+  hw = _get(config, 'data.input_hw')
+  if hw is not _MISSING and hw not in ((), []):
+    if not _is_pair(hw, lambda v: v > 0 and v % 32 == 0):
+      bad('data.input_hw', '() (data.input_size square) or a pair (h, w) of positive multiples '
+          'of 32, e.g. (384, 1280)')
+    elif source not in kitti_sources and _get(config, 'data.eval_mode') != 'fit_width':
+      bad('data.input_hw', f"() unless data.source is one of {', '.join(kitti_sources)} or "
+          "data.eval_mode is 'fit_width' (the other sources train on data.input_size square)")
+  shapes_hw = _get(config, 'data.shapes_ddd_hw')
+  if shapes_hw is not _MISSING and not _is_pair(shapes_hw, lambda v: v > 0):
+    bad('data.shapes_ddd_hw', 'a pair (h, w) of positive integers, e.g. (128, 384)')
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

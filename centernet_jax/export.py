@@ -279,11 +279,15 @@ def metadata(config: ml_collections.ConfigDict, meta: dict, *, step: int, fmt: s
   }
 
 
-def default_hw(config: ml_collections.ConfigDict) -> int:
-  """The evaluation canvas side of an input_size image (``boxes.canvas_hw``)."""
+def default_hw(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """The evaluation canvas (H, W) of a training-canvas image (``boxes.canvas_hw``): the
+  'fit_width' canvas ``data.input_hw``, the 'fixed_res' side, or the keep_res pad of
+  ``data.input_size``."""
+  from centernet_jax.data import config as data_config
+
   data = config.data
-  size = int(data.input_size)
-  return boxes.canvas_hw((size, size), data.eval_mode, pad=data.eval_pad, size=data.eval_size)[0]
+  return boxes.canvas_hw(data_config.input_hw(data), data.eval_mode, pad=data.eval_pad,
+                         size=data_config.eval_canvas_size(data))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, fmt: str, output: str, *,
@@ -300,8 +304,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, fmt: str, output: str, 
     raise ExportError(f'--format must be one of {FORMATS}, got {fmt!r}')
   if input_dtype not in INPUTS:
     raise ExportError(f'--input must be one of {INPUTS}, got {input_dtype!r}')
-  height = height or default_hw(config)
-  width = width or default_hw(config)
+  height = height or default_hw(config)[0]
+  width = width or default_hw(config)[1]
   if height <= 0 or width <= 0:
     raise ExportError(f'--height and --width must be positive, got {height} x {width}')
   config, model, variables, step, meta = inference.restore(config, workdir, step)
@@ -345,7 +349,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('output', None, 'Output folder.')
   flags.DEFINE_integer('batch', 0, 'Fixed batch size; 0 or -1: symbolic (any batch).')
   flags.DEFINE_integer('height', None, 'Input canvas height (default: data.eval_size for '
-                       'fixed_res, else (data.input_size | data.eval_pad) + 1).')
+                       'fixed_res, data.input_hw for fit_width, else (data.input_size | '
+                       'data.eval_pad) + 1).')
   flags.DEFINE_integer('width', None, 'Input canvas width (same default).')
   flags.DEFINE_string('input', 'uint8', f'Input: {INPUTS} (uint8 RGB, or normalised float32).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')

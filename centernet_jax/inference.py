@@ -27,18 +27,19 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from centernet_jax import boxes, checkpoint, models, sharding, tasks
+from centernet_jax.data import config as data_config
 
 # --- Restore -------------------------------------------------------------------------------
 
 
 def input_hw(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """A valid full-size input of the config's model: the square training input.
+  """A valid full-size input of the config's model: the training canvas (h, w).
 
+  ``config.data.input_hw`` when set (ddd: (384, 1280)), else ``data.input_size`` square.
   Variables do not depend on the input size, but the hourglass models reject inputs their
   down-sampling cannot divide (64 px among them), so shapes are traced at this size.
   """
-  size = int(config.data.input_size)
-  return size, size
+  return data_config.input_hw(config.data)
 
 
 def abstract_variables(model, hw: Sequence[int]) -> dict:
@@ -171,7 +172,8 @@ def preprocess(image: np.ndarray, data_cfg: ml_collections.ConfigDict) -> dict:
 
   Args:
     image: [h, w, 3] uint8 RGB (:func:`read_image`).
-    data_cfg: ``config.data`` (``eval_mode``, ``eval_pad``, ``eval_size``, normalisation).
+    data_cfg: ``config.data`` (``eval_mode``, ``eval_pad``, ``eval_size``, ``input_hw`` for
+      'fit_width', normalisation).
 
   Returns:
     dict: image [1, H, W, 3] float32 normalised on its letterbox canvas, center [1, 2] and
@@ -179,7 +181,8 @@ def preprocess(image: np.ndarray, data_cfg: ml_collections.ConfigDict) -> dict:
   """
   orig_hw = image.shape[:2]
   mode = data_cfg.eval_mode
-  canvas = boxes.canvas_hw(orig_hw, mode, pad=data_cfg.eval_pad, size=data_cfg.eval_size)
+  canvas = boxes.canvas_hw(orig_hw, mode, pad=data_cfg.eval_pad,
+                           size=data_config.eval_canvas_size(data_cfg))
   pixels, _ = boxes.letterbox(image, canvas, mode)
   center, scale = boxes.letterbox_center_scale(orig_hw, canvas, mode)
   pixels = normalize(pixels, mean=data_cfg.mean, std=data_cfg.std,

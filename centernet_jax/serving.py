@@ -15,6 +15,8 @@ r"""Serving side of an export: load an artifact and run it, without the model co
 
 The artifact's boxes are x1, y1, x2, y2 in input-canvas pixels (a pose model's keypoints
 [B, K, J, 2] x, y too); the letterbox's inverse affine maps them back to the original image.
+Every evaluation mode letterboxes the same way: 'keep_res' pads, 'fixed_res' fits the whole
+image, 'fit_width' (ddd) scales it to the canvas width, cropped or bordered above and below.
 """
 
 from __future__ import annotations

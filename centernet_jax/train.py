@@ -47,6 +47,7 @@ from centernet_jax import (
   state,
   tasks,
 )
+from centernet_jax.data import config as data_config
 from centernet_jax.data import errors
 from centernet_jax.metric_writer import MetricWriter
 
@@ -121,8 +122,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # --- State: resume, or initialise (config.resume, config.init, scratch) --------------------
   meta = checkpoint_meta(config, info)
-  size = config.data.input_size
-  init = jax.jit(functools.partial(state.init_state, model, tx, image_shape=(1, size, size, 3)),
+  height, width = data_config.input_hw(config.data)
+  init = jax.jit(functools.partial(state.init_state, model, tx,
+                                   image_shape=(1, height, width, 3)),
                  out_shardings=sharding.replicated(mesh))
   ckpt = checkpoint.open_for_training(workdir, config.train.keep_checkpoints)
   train_state = checkpoint.restore_or_init(ckpt, init(jax.random.PRNGKey(config.seed)), meta,

@@ -216,3 +216,55 @@ def test_eval_image_equals_boxes_letterbox(hw, mode, size):
   trans = boxes_lib.get_affine_transform(out['center'].numpy(), out['scale'].numpy(),
                                          (canvas[1], canvas[0]), inv=True)
   np.testing.assert_allclose(trans, inverse, atol=1e-4)
+
+
+# --- 'fit_width' (official ddd test) and non-square canvases ---------------------------------
+
+
+@pytest.mark.parametrize('hw', [(40, 48), (375, 1242), (17, 90), (128, 384)])
+@pytest.mark.parametrize('mode, size', [('fit_width', (32, 96)), ('fit_width', (384, 1280)),
+                                        ('fit_width', 64), ('fixed_res', (64, 96)),
+                                        ('fixed_res', (96, 64))])
+@pytest.mark.parametrize('test_scale', [1.0, 0.5])
+def test_canvas_geometry_equals_boxes_module(hw, mode, size, test_scale):
+  """fit_width / non-square fixed_res: eval_transform's canvas, center, scale are boxes.py's."""
+  out = transforms.eval_transform(tf.zeros((*hw, 3), tf.uint8), mode=mode, size=size,
+                                  test_scale=test_scale)
+  resized = (int(np.float32(hw[0]) * np.float32(test_scale)),
+             int(np.float32(hw[1]) * np.float32(test_scale)))
+  canvas = boxes_lib.canvas_hw(resized, mode, size=size)
+  assert canvas == ((size, size) if np.ndim(size) == 0 else tuple(size))
+  center, scale = boxes_lib.letterbox_center_scale(resized, canvas, mode)
+  assert out['input_hw'].numpy().tolist() == list(canvas)
+  np.testing.assert_allclose(out['center'].numpy(), center / test_scale, rtol=1e-6)
+  np.testing.assert_allclose(out['scale'].numpy(), scale / test_scale, rtol=1e-6)
+  trans = boxes_lib.get_affine_transform(center, scale, (canvas[1], canvas[0]))
+  if mode == 'fit_width':  # official ddd: c = image centre, s = (w, h): scaled to the width
+    np.testing.assert_allclose(center, [resized[1] / 2, resized[0] / 2])
+    np.testing.assert_allclose(trans[:, :2], np.eye(2) * canvas[1] / resized[1], rtol=1e-6,
+                               atol=1e-6)
+  else:  # the whole image fits the canvas
+    corners = boxes_lib.affine_transform(np.array([[0, 0], [resized[1], resized[0]]]), trans)
+    assert corners.min() >= -1e-3 and np.all(corners[1] <= [canvas[1] + 1e-3, canvas[0] + 1e-3])
+  np.testing.assert_allclose(boxes_lib.affine_transform(center, trans),
+                             [canvas[1] / 2, canvas[0] / 2], atol=1e-4)
+
+
+@pytest.mark.parametrize('hw', [(40, 48), (17, 90), (96, 288)])
+@pytest.mark.parametrize('mode, size', [('fit_width', (32, 96)), ('fit_width', (64, 128)),
+                                        ('fit_width', (96, 288)), ('fixed_res', (32, 64))])
+def test_canvas_image_equals_boxes_letterbox(hw, mode, size):
+  """fit_width / non-square fixed_res pixels are boxes.letterbox's (up to rounding ties)."""
+  img = np.random.default_rng(6).integers(0, 256, (*hw, 3), dtype=np.uint8)
+  out = transforms.eval_transform(tf.constant(img), mode=mode, size=size, channel_order='RGB')
+  canvas = boxes_lib.canvas_hw(hw, mode, size=size)
+  want, inverse = boxes_lib.letterbox(img, canvas, mode)
+  got = out['image'].numpy() * 255
+  assert got.shape == want.shape
+  warped = boxes_lib.warp_affine(img, boxes_lib.letterbox_affine(hw, canvas, mode), canvas)
+  tie = np.abs(warped - np.floor(warped) - 0.5) < 1e-3
+  diff = np.abs(got - want)
+  assert diff.max() <= 1.0 + 1e-4 and not (diff > 1e-4)[~tie].any()
+  trans = boxes_lib.get_affine_transform(out['center'].numpy(), out['scale'].numpy(),
+                                         (canvas[1], canvas[0]), inv=True)
+  np.testing.assert_allclose(trans, inverse, atol=1e-4)

@@ -2,12 +2,15 @@
 transformed and batched in tf.data.
 
 - ``config``: the ``config.data`` section (no TensorFlow).
-- ``sources``: one ``Source`` interface (COCO-json, TFDS random access) -> canonical features.
+- ``sources``: one ``Source`` interface (COCO-json, TFDS random access, the KITTI object layout)
+  -> canonical features.
 - ``pipeline``: data set information and the training / evaluation iterators
   (index -> read -> decode -> transform -> batch).
-- ``transforms``: the pre-processing as tf ops; ``coco``: COCO instances files;
-  ``shapes``: the shapes generator (numpy and PIL only); ``errors``: ``DataError``, skip budgets
-  and messages naming bad records.
+- ``transforms``: the pre-processing as tf ops (ctdet / multi_pose, and the official ddd
+  pre-processing for KITTI sources); ``coco``: COCO instances files; ``kitti``: KITTI label,
+  calib and split files and the 3D box geometry; ``shapes``, ``shapes_pose``, ``shapes_ddd``:
+  the built-in generators (numpy and PIL only); ``errors``: ``DataError``, skip budgets and
+  messages naming bad records.
 
 TensorFlow is imported only by the modules that run ``tf.data`` (``coco``, ``sources``,
 ``transforms``, ``pipeline``; ``errors`` inside its functions), each through :func:`import_tf`,

@@ -12,15 +12,19 @@ import ml_collections
 COCO_MEAN_BGR = (0.40789654, 0.44719302, 0.47026115)
 COCO_STD_BGR = (0.28863828, 0.27408164, 0.27809835)
 
-SOURCES = ('coco_json', 'shapes', 'shapes_pose', 'tfds')
+SOURCES = ('coco_json', 'shapes', 'shapes_pose', 'tfds', 'kitti', 'shapes_ddd')
+KITTI_SOURCES = ('kitti', 'shapes_ddd')  # KITTI object layout: ddd batches (depth, dims, alpha)
 MAX_OBJS_POLICIES = ('visible_first', 'first')
+EVAL_MODES = ('keep_res', 'fixed_res', 'fit_width')
 
 
 def data_config() -> ml_collections.ConfigDict:
   """The ``config.data`` section: source, paths, sizes, augmentation, normalisation."""
   d = ml_collections.ConfigDict()
   # 'coco_json' (instances json + image folder), 'tfds' (tfds_name), 'shapes' (built-in) or
-  # 'shapes_pose' (built-in stick figures with 17 COCO joints, for multi_pose).
+  # 'shapes_pose' (built-in stick figures with 17 COCO joints, for multi_pose), 'kitti' (the
+  # KITTI object layout: kitti_root/training/{image_2,label_2,calib} and two split files of
+  # image ids; monocular 3D, the ddd task) or 'shapes_ddd' (built-in synthetic KITTI-format set).
   d.source = 'shapes'
   d.train_annotations = ''
   d.train_images = ''
@@ -32,6 +36,10 @@ def data_config() -> ml_collections.ConfigDict:
   d.tfds_data_dir = ''
   d.tfds_train_split = 'train'
   d.tfds_val_split = 'validation'
+  # KITTI (source 'kitti'): the folder holding training/ and the train / val split files.
+  d.kitti_root = ''
+  d.train_split = ''
+  d.val_split = ''
   # Built-in shapes (and shapes_pose) data set: generated once into shapes_dir (default: a
   # folder named after the parameters in ~/.cache/centernet_jax).
   d.shapes_dir = ''
@@ -39,8 +47,12 @@ def data_config() -> ml_collections.ConfigDict:
   d.shapes_num_val = 100
   d.shapes_image_size = 128
   d.shapes_seed = 0
+  d.shapes_ddd_hw = (128, 384)  # image (h, w) of the built-in shapes_ddd set
   # Network input (square, training) and output stride.
   d.input_size = 512
+  # () : the training canvas is input_size x input_size; (h, w): an h x w canvas (multiples of
+  # 32; ddd: the official (384, 1280)), also the 'fit_width' evaluation canvas.
+  d.input_hw = ()
   d.max_objs = 128  # official COCO value
   # Which objects survive max_objs (docs/parity.md 4.3): 'visible_first' (ours: objects still
   # visible after the crop first, in annotation order, then the hidden ones) or 'first' (official:
@@ -66,12 +78,17 @@ def data_config() -> ml_collections.ConfigDict:
   d.scale = 0.4  # used when rand_crop is False
   d.flip = 0.5
   d.color_aug = True  # brightness/contrast/saturation 0.4 + PCA lighting 0.1
+  # ddd (KITTI sources): probability of the random scale / shift (official --aug_ddd), drawn
+  # with data.scale and data.shift; no flip and no colour augmentation (docs/parity.md 4.13).
+  d.ddd_aug = 0.5
   # Normalisation: official weights expect BGR and the COCO statistics.
   d.channel_order = 'BGR'
   d.mean = COCO_MEAN_BGR
   d.std = COCO_STD_BGR
   # Evaluation input: 'keep_res' pads each image to a multiple of (eval_pad + 1), centred
-  # (official, used for every reported number); 'fixed_res' warps to eval_size x eval_size.
+  # (official, used for every reported number); 'fixed_res' warps to eval_size x eval_size;
+  # 'fit_width' (official ddd test) scales the image to the width of the input_hw canvas
+  # (input_size square when input_hw is ()), centred: a zero border or a crop above and below.
   d.eval_mode = 'keep_res'
   d.eval_pad = 31
   d.eval_size = 512
@@ -85,3 +102,19 @@ def data_config() -> ml_collections.ConfigDict:
   d.num_parallel_calls = -1  # tf.data.AUTOTUNE
   d.prefetch = 2
   return d
+
+
+def input_hw(data_cfg) -> tuple[int, int]:
+  """The training canvas (h, w): ``data.input_hw``, or ``data.input_size`` square when ()."""
+  hw = tuple(data_cfg.get('input_hw', ()) or ())
+  if hw:
+    return int(hw[0]), int(hw[1])
+  return int(data_cfg.input_size), int(data_cfg.input_size)
+
+
+def eval_canvas_size(data_cfg) -> int | tuple[int, int]:
+  """The ``size`` argument of the letterbox functions (``boxes.canvas_hw``): the 'fit_width'
+  canvas :func:`input_hw`, else ``data.eval_size`` (the 'fixed_res' side)."""
+  if data_cfg.eval_mode == 'fit_width':
+    return input_hw(data_cfg)
+  return int(data_cfg.eval_size)

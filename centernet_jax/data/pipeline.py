@@ -1,9 +1,10 @@
 """Input pipelines: data set information, training and evaluation iterators, predict inputs.
 
-Every source (``config.data.source``: 'coco_json', 'shapes', 'shapes_pose' or 'tfds';
-:mod:`.sources`) is read the same way: example index -> read -> decode -> transform -> batch.
-With ``config.data.num_joints`` (the multi_pose task) training batches also carry the people's
-keypoints.
+Every source (``config.data.source``: 'coco_json', 'shapes', 'shapes_pose', 'tfds', 'kitti' or
+'shapes_ddd'; :mod:`.sources`) is read the same way: example index -> read -> decode ->
+transform -> batch. With ``config.data.num_joints`` (the multi_pose task) training batches also
+carry the people's keypoints; KITTI sources give the ddd task's batches (the official ddd
+pre-processing, ``transforms.ddd_train_transform``: depth, dims, alpha and the aug flag).
 
 Training stream. Element ``i = step * global_batch + row`` of the global stream is example
 ``index_shuffle(i % N, seed=(seed, i // N))``: a fresh stateless permutation per epoch, no
@@ -34,7 +35,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from centernet_jax.data import coco, errors, import_tf, sources, transforms
+from centernet_jax.data import coco, errors, import_tf, kitti, sources, transforms
+from centernet_jax.data.config import eval_canvas_size, input_hw
 
 tf = import_tf()
 
@@ -51,12 +53,13 @@ class DatasetInfo:
   num_classes: int
   class_names: list[str]
   category_ids: list[int]  # label -> original category id
-  # COCO instances json path, or the same as a dict (tfds).
+  # COCO instances json path, or the same as a dict (tfds); KITTI sources: {image_id:
+  # {'calib': [3, 4] P2, 'objects': KittiRecord.objects()}} (tasks/ddd.evaluate's gt).
   val_gt: str | dict = dataclasses.field(repr=False)
   val_image_ids: list[int] = dataclasses.field(repr=False)  # evaluation order
   num_train: int = 0
   num_val: int = 0
-  source: str = ''  # 'coco_json' (also for 'shapes') or 'tfds'
+  source: str = ''  # 'coco_json' (also for 'shapes'), 'tfds' or 'kitti' (also 'shapes_ddd')
   # The checked COCO records (COCO-json sources; None for TFDS).
   train_data: coco.CocoData | None = dataclasses.field(default=None, repr=False)
   val_data: coco.CocoData | None = dataclasses.field(default=None, repr=False)
@@ -84,7 +87,7 @@ def get_dataset_info(data_cfg, workdir: str | None = None) -> DatasetInfo:
   keypoints = train.coco_data is not None and train.coco_data.keypoint_names is not None
   return DatasetInfo(
       num_classes=len(train.category_ids), class_names=train.class_names,
-      category_ids=train.category_ids, val_gt=val.coco_gt(), val_image_ids=val.image_ids(),
+      category_ids=train.category_ids, val_gt=val.ground_truth(), val_image_ids=val.image_ids(),
       num_train=len(train), num_val=len(val), source=train.kind, train_data=train.coco_data,
       val_data=val.coco_data, train_source=train, val_source=val,
       keypoint_names=list(train.coco_data.keypoint_names) if keypoints else None,
@@ -101,9 +104,17 @@ def data_counts(info: DatasetInfo) -> dict[str, int]:
     exif_oriented_images (EXIF orientation applied) and empty_images_left_out
     (``skip_empty_train_images``), then val_degenerate_boxes, val_outside_boxes and
     val_duplicate_image_files for the validation split. For TFDS: val_degenerate_boxes (its
-    training objects of zero size are dropped per read, not counted).
+    training objects of zero size are dropped per read, not counted). For KITTI sources:
+    skipped_label_lines and skipped_images (bad lines and images left out of the training
+    split within ``data.max_skip_fraction``), val_skipped_label_lines and val_skipped_images
+    (0: the validation split is read strictly).
   """
   counts = {}
+  for prefix, src in (('', info.train_source), ('val_', info.val_source)):
+    data = getattr(src, 'kitti_data', None)
+    if isinstance(data, kitti.KittiData):
+      counts[f'{prefix}skipped_label_lines'] = int(data.num_invalid_lines)
+      counts[f'{prefix}skipped_images'] = int(data.num_skipped_images)
   for prefix, data in (('', info.train_data), ('val_', info.val_data)):
     if data is None:
       continue
@@ -129,6 +140,13 @@ def _train_kwargs(data_cfg) -> dict:
       mean=tuple(data_cfg.mean), std=tuple(data_cfg.std), crop_base=int(data_cfg.crop_base),
       max_objs_policy=data_cfg.max_objs_policy,
       flip_pairs=tuple(tuple(p) for p in data_cfg.get('flip_pairs', ())))
+
+
+def _ddd_kwargs(data_cfg) -> dict:
+  return dict(input_hw=input_hw(data_cfg), max_objs=data_cfg.max_objs,
+              ddd_aug=float(data_cfg.ddd_aug), scale=float(data_cfg.scale),
+              shift=float(data_cfg.shift), channel_order=data_cfg.channel_order,
+              mean=tuple(data_cfg.mean), std=tuple(data_cfg.std))
 
 
 def _parallel(data_cfg) -> int:
@@ -184,6 +202,15 @@ def _train_dataset(data_cfg, source: sources.Source, *, global_batch, local_batc
             'aug_seed': tf.random.experimental.stateless_fold_in(
                 tf.constant([seed, _AUG_STREAM], tf.int64), i)}
 
+  def ddd_transform(element):
+    ex = source.decode(element)
+    out = transforms.ddd_train_transform(ex['image'], ex['boxes'], ex['labels'], ex['depth'],
+                                         ex['dims'], ex['alpha'], element['aug_seed'],
+                                         **_ddd_kwargs(data_cfg))
+    out['image_id'] = ex['image_id']
+    out[errors.POSITION] = element[errors.POSITION]
+    return out
+
   def transform(element):
     ex = source.decode(element)
     keep = tf.ones_like(ex['iscrowd']) if keep_crowd else tf.logical_not(ex['iscrowd'])
@@ -196,7 +223,8 @@ def _train_dataset(data_cfg, source: sources.Source, *, global_batch, local_batc
     return out
 
   ds = tf.data.Dataset.counter().map(index)
-  ds = source.read(ds, parallel).map(transform, num_parallel_calls=parallel)
+  ds = source.read(ds, parallel).map(ddd_transform if source.kind == 'kitti' else transform,
+                                     num_parallel_calls=parallel)
   ds = errors.fill_gaps(ds.ignore_errors(), first=0)
   ds = ds.batch(local_batch, drop_remainder=True).prefetch(data_cfg.prefetch)
 
@@ -226,7 +254,7 @@ def _eval_dataset(data_cfg, source: sources.Source, *, local_batch, num_images, 
   def transform(element):
     ex = source.decode(element)
     out = transforms.eval_transform(ex['image'], mode=data_cfg.eval_mode, pad=data_cfg.eval_pad,
-                                    size=data_cfg.eval_size,
+                                    size=eval_canvas_size(data_cfg),
                                     channel_order=data_cfg.channel_order, test_scale=test_scale)
     out['image_id'] = ex['image_id']
     out['valid'] = element['valid']
@@ -293,6 +321,10 @@ def create_train_iterator(data_cfg, *, info: DatasetInfo, global_batch_size: int
     not ``log_skips``; host side: the file and the error of a skipped row, else ''),
     dropped_objects [b] int32 (host side: objects visible in the row's crop that
     ``data.max_objs`` left out; 0 on skipped rows);
+    KITTI sources (the ddd task; image [b, h, w, 3] on the ``data.input_hw`` canvas): labels
+    are the official codes (``kitti.CLASS_CODES``), objects the first M of each label file in
+    file order, and also depth [b, M], dims [b, M, 3] (h, w, l), alpha [b, M] float32 and
+    aug [b] float32 (1: the image was scaled / shifted: ``data.ddd_aug``);
     with ``data.num_joints`` = J
     also keypoints [b, M, J, 3] float32 (x, y in input pixels through the boxes' affine and
     flip with ``data.flip_pairs`` swapped, v the file's visibility 0 / 1 / 2; rows as boxes',
@@ -348,7 +380,7 @@ def load_image_for_predict(image: str | np.ndarray, data_cfg) -> dict:
   pixels = sources.read_image(image, str(data_cfg.get('exif_orientation', 'apply')))
   out = transforms.eval_transform(
       tf.convert_to_tensor(pixels), mode=data_cfg.eval_mode, pad=data_cfg.eval_pad,
-      size=data_cfg.eval_size, channel_order=data_cfg.channel_order)
+      size=eval_canvas_size(data_cfg), channel_order=data_cfg.channel_order)
   out['image'] = transforms.normalize(out['image'], tuple(data_cfg.mean), tuple(data_cfg.std))
   out = {k: np.asarray(v)[None] for k, v in out.items()}
   out['image_id'] = np.array([-1], np.int64)

@@ -9,6 +9,9 @@ resuming at any step costs nothing.
 - :class:`CocoJsonSource`: an instances json and its image folder (``data.source='coco_json'``).
   The built-in shapes and shapes_pose sets are such folders, generated on first use
   (``data.source='shapes'`` / ``'shapes_pose'``).
+- :class:`KittiSource`: a split of the KITTI object layout (``data.source='kitti'``; the
+  built-in synthetic ``'shapes_ddd'`` set is such a folder, generated on first use), with the
+  3D labels of the ddd task.
 - :class:`TfdsSource`: a TFDS split prepared in a random-access file format (array_record),
   read with ``builder.as_data_source``. The records are fetched in chunks of ``READ_CHUNK``
   indices per Python call (ArrayRecord reads them in parallel); parsing and image decoding are
@@ -21,7 +24,9 @@ stored.
 Canonical features (``Source.decode``): image [H, W, 3] uint8 RGB, boxes [N, 4] float32 xyxy
 pixels, labels [N] int32 contiguous, iscrowd [N] bool, image_id [] int64; with person keypoints
 (``config.data.num_joints`` set, COCO-json sources only) also keypoints [N, J, 3] float32
-(x, y pixels, visibility v in {0, 1, 2}).
+(x, y pixels, visibility v in {0, 1, 2}). KITTI sources: labels are the official codes
+(``kitti.CLASS_CODES``, negative for ignored and skipped types), every object of the label file
+in file order, iscrowd all False, and also depth [N], dims [N, 3] (h, w, l) and alpha [N].
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import os
 import numpy as np
 
 from centernet_jax import keypoints
-from centernet_jax.data import coco, import_tf, shapes, shapes_pose, transforms
+from centernet_jax.data import coco, import_tf, kitti, shapes, shapes_ddd, shapes_pose, transforms
 from centernet_jax.data.errors import DataError, first_line
 
 tf = import_tf()
@@ -124,6 +129,10 @@ class Source(abc.ABC):
   @abc.abstractmethod
   def coco_gt(self) -> str | dict:
     """Ground truth for pycocotools: an instances json path, or the same as a dict."""
+
+  def ground_truth(self) -> str | dict:
+    """Ground truth for the task's evaluator (``DatasetInfo.val_gt``): :meth:`coco_gt`."""
+    return self.coco_gt()
 
   def check(self, index: int) -> str | None:
     """Reads and decodes example ``index`` again on the host: the error text, None if it decodes."""
@@ -300,6 +309,129 @@ def _object_counts(data: coco.CocoData) -> str:
                                              (data.num_invalid, 'invalid')) if n]
   return (f'{len(data.images)} images, {data.num_objects()} annotations kept ({crowd} crowd)' +
           (f', skipped {", ".join(skipped)}' if skipped else ''))
+
+
+# --- KITTI object layout (and the built-in shapes_ddd set) ---------------------------------
+
+# The official KITTI -> COCO conversion's category ids of Pedestrian, Car, Cyclist
+# (docs/parity.md 4.13).
+KITTI_CATEGORY_IDS = [1, 2, 3]
+
+
+class KittiSource(Source):
+  """A checked KITTI split (:func:`kitti.load_kitti`) and its PNG images (ddd labels)."""
+  kind = 'kitti'
+
+  def __init__(self, data: kitti.KittiData):
+    self.kitti_data = data
+    self.name = data.split_file
+    self.fix_hint = (f'fix them or remove their ids from the split file {data.split_file}')
+    self.category_ids = list(KITTI_CATEGORY_IDS)
+    self.class_names = list(kitti.CLASS_NAMES)
+    self._tables = None
+
+  def __len__(self) -> int:
+    return len(self.kitti_data.records)
+
+  def tables(self) -> dict:
+    """The records as tf constants (built on first use): paths [N], object offsets [N + 1],
+    boxes [M, 4], labels [M], depth [M], dims [M, 3], alpha [M], image ids [N]."""
+    if self._tables is None:
+      records = self.kitti_data.records
+      counts = [len(r.labels) for r in records]
+
+      def cat(key, shape, dtype):
+        return tf.constant(np.concatenate([np.asarray(getattr(r, key), dtype).reshape(shape)
+                                           for r in records] + [np.zeros((0,) + shape[1:],
+                                                                         dtype)]))
+
+      self._tables = {
+          'paths': tf.constant([r.path for r in records], tf.string),
+          'offsets': tf.constant(np.concatenate([[0], np.cumsum(counts)]), tf.int64),
+          'boxes': cat('boxes', (-1, 4), np.float32), 'labels': cat('labels', (-1,), np.int32),
+          'depth': cat('depth', (-1,), np.float32), 'dims': cat('dims', (-1, 3), np.float32),
+          'alpha': cat('alpha', (-1,), np.float32),
+          'image_ids': tf.constant([r.image_id for r in records], tf.int64)}
+    return self._tables
+
+  def read(self, ds, num_parallel_calls: int):
+    paths = self.tables()['paths']
+    return ds.map(lambda e: dict(e, record=tf.io.read_file(paths[e['index']])),
+                  num_parallel_calls=num_parallel_calls)
+
+  def decode(self, element: dict) -> dict:
+    t = self.tables()
+    index = element['index']
+    lo, hi = t['offsets'][index], t['offsets'][index + 1]
+    labels = t['labels'][lo:hi]
+    return {'image': decode_image(element['record']), 'boxes': t['boxes'][lo:hi],
+            'labels': labels, 'iscrowd': tf.zeros_like(labels, tf.bool),
+            'depth': t['depth'][lo:hi], 'dims': t['dims'][lo:hi], 'alpha': t['alpha'][lo:hi],
+            'image_id': t['image_ids'][index]}
+
+  def describe(self, index: int) -> str:
+    rec = self.kitti_data.records[index]
+    return f'{rec.path} (image id {rec.image_id})'
+
+  def image_ids(self) -> list[int]:
+    return [r.image_id for r in self.kitti_data.records]
+
+  def coco_gt(self) -> dict:
+    """The KITTI ground truth (:meth:`ground_truth`); there is no COCO form."""
+    return self.ground_truth()
+
+  def ground_truth(self) -> dict:
+    """{image id: {'calib': [3, 4] P2, 'objects': every object (DontCare too) in the evaluation
+    form (``KittiRecord.objects``)}}: what ``tasks/ddd.evaluate`` reads."""
+    return {r.image_id: {'calib': r.calib, 'objects': r.objects()}
+            for r in self.kitti_data.records}
+
+
+def default_shapes_ddd_dir(data_cfg) -> str:
+  """~/.cache/centernet_jax/shapes_ddd_v<version>_<h>x<w>_<train>_<val>_<seed>."""
+  h, w = (int(v) for v in data_cfg.shapes_ddd_hw)
+  name = (f'shapes_ddd_v{shapes_ddd.VERSION}_{h}x{w}_{data_cfg.shapes_num_train}_'
+          f'{data_cfg.shapes_num_val}_{data_cfg.shapes_seed}')
+  return os.path.join(os.path.expanduser('~'), '.cache', 'centernet_jax', name)
+
+
+def _shapes_ddd_paths(data_cfg) -> dict:
+  """The built-in shapes_ddd set (KITTI layout), generated unless it is already there."""
+  h, w = (int(v) for v in data_cfg.shapes_ddd_hw)
+  try:
+    return shapes_ddd.ensure(data_cfg.shapes_dir or default_shapes_ddd_dir(data_cfg),
+                             num_train=data_cfg.shapes_num_train,
+                             num_val=data_cfg.shapes_num_val, width=w, height=h,
+                             seed=data_cfg.shapes_seed)
+  except ValueError as e:  # a folder made with other parameters
+    raise DataError(f'config.data.shapes_dir: {e}') from None
+
+
+def _kitti_paths(data_cfg) -> dict:
+  paths = {k: data_cfg[k] for k in ('kitti_root', 'train_split', 'val_split')}
+  unset = [k for k, v in paths.items() if not v]
+  if unset:
+    raise DataError("data.source='kitti' needs " + ', '.join(f'config.data.{k}' for k in unset)
+                    + ' (the folder holding training/image_2, label_2 and calib, and the split '
+                    'files of image ids)')
+  return paths
+
+
+def _open_kitti(paths: dict, max_skip_fraction: float) -> tuple[Source, Source]:
+  """Training split with a skip budget (bad lines / images skipped and counted), validation
+  split strict; a training split without a Car, Pedestrian or Cyclist object is refused."""
+  train = kitti.load_kitti(paths['kitti_root'], paths['train_split'],
+                           max_bad_fraction=max_skip_fraction)
+  positives = sum(int((r.labels >= 0).sum()) for r in train.records)
+  if train.records and not positives:
+    raise DataError(f'{train.split_file}: no object to train on: {len(train.records)} images, '
+                    f'no {", ".join(kitti.CLASS_NAMES)} object, so training would learn '
+                    'background only. A training split needs labelled objects')
+  val = kitti.load_kitti(paths['kitti_root'], paths['val_split'])
+  return KittiSource(train), KittiSource(val)
+
+
+_KITTI_FOLDERS = {'kitti': _kitti_paths, 'shapes_ddd': _shapes_ddd_paths}
 
 
 # --- TFDS (random access) --------------------------------------------------------------------
@@ -500,14 +632,19 @@ def open_splits(data_cfg) -> tuple[Source, Source]:
       raise DataError("config.data.skip_empty_train_images needs a COCO-json source "
                       "(config.data.source='coco_json'); with TFDS set it to False")
     train, val = _open_tfds(data_cfg)
+  elif source in _KITTI_FOLDERS:
+    if num_joints is not None:
+      raise DataError(f'config.data.num_joints={num_joints} (multi_pose) needs person keypoints, '
+                      f'which the KITTI layout (config.data.source={source!r}) does not hold')
+    train, val = _open_kitti(_KITTI_FOLDERS[source](data_cfg), float(data_cfg.max_skip_fraction))
   elif source in _COCO_JSON_FOLDERS:
     train, val = _open_coco_json(_COCO_JSON_FOLDERS[source](data_cfg),
                                  float(data_cfg.max_skip_fraction), num_joints, skip_empty,
                                  str(data_cfg.get('exif_orientation', 'apply')),
                                  bool(data_cfg.get('train_on_crowd', False)))
   else:
-    raise DataError("config.data.source must be 'coco_json', 'shapes', 'shapes_pose' or "
-                    f"'tfds', got {source!r}")
+    raise DataError("config.data.source must be 'coco_json', 'shapes', 'shapes_pose' or 'tfds' "
+                    f"(COCO format), or 'kitti' or 'shapes_ddd' (KITTI layout), got {source!r}")
   if not len(train):
     raise DataError(f'{train.name}: no images')
   return train, val

@@ -514,23 +514,105 @@ def train_transform(image, boxes, labels, seed, *, input_size: int, max_objs: in
   return out
 
 
+def ddd_center_scale(seed, height, width, *, ddd_aug: float, scale: float, shift: float):
+  """The official ddd training crop (``datasets/sample/ddd.py``, docs/parity.md 4.13).
+
+  c = (W / 2, H / 2), s = W (official ``s = [W, H]``; the affine reads only s[0]); with
+  probability ``ddd_aug``: s *= clip(N * scale + 1, 1 - scale, 1 + scale) and
+  c += (W, H) * clip(N * shift, -2 shift, 2 shift) (three normal draws in that order).
+
+  Args:
+    seed: [2] int64 stateless seed.
+    height, width: scalar int tensors, image size.
+    ddd_aug, scale, shift: ``data.ddd_aug``, ``data.scale``, ``data.shift``.
+
+  Returns:
+    center [2] float32, s [] float32, aug [] bool.
+  """
+  hw = tf.cast(tf.stack([width, height]), tf.float32)
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  aug = tf.random.stateless_uniform([], seeds[0]) < ddd_aug
+  n = tf.random.stateless_normal([3], seeds[1])
+  s_aug = hw[0] * tf.clip_by_value(n[0] * scale + 1, 1 - scale, 1 + scale)
+  c_aug = hw / 2.0 + hw * tf.clip_by_value(n[1:] * shift, -2 * shift, 2 * shift)
+  return tf.where(aug, c_aug, hw / 2.0), tf.where(aug, s_aug, hw[0]), aug
+
+
+def ddd_train_transform(image, boxes, labels, depth, dims, alpha, seed, *,
+                        input_hw: Sequence[int], max_objs: int, ddd_aug: float = 0.5,
+                        scale: float = 0.4, shift: float = 0.1, channel_order: str = 'BGR',
+                        mean: Sequence[float] = (0.0, 0.0, 0.0),
+                        std: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
+  """Official ddd training pre-processing of one KITTI image (docs/parity.md 4.13).
+
+  :func:`ddd_center_scale`, one bilinear warp onto the ``input_hw`` canvas (zero border, rounded
+  as the official uint8 ``cv2.warpAffine``), no flip and no colour augmentation (official), then
+  / 255, channel order, mean/std. Objects: the first ``max_objs`` of the label file in file
+  order (official ``num_objs = min(len(anns), max_objs)``), every type kept with its code.
+
+  Args:
+    image: [H, W, 3] uint8 RGB.
+    boxes: [N, 4] float32 xyxy pixels; labels: [N] int32 official codes (``kitti.CLASS_CODES``);
+    depth: [N] float32 (location z); dims: [N, 3] float32 (h, w, l); alpha: [N] float32.
+    seed: [2] int64 stateless seed of this element.
+    input_hw: (h, w) of the canvas (Python ints).
+    max_objs: objects padded / truncated to this.
+    (others: see ``data.config.data_config``.)
+
+  Returns:
+    dict(image [h, w, 3] float32 normalised, boxes [max_objs, 4] float32 xyxy in input pixels
+    (unclipped), labels [max_objs] int32, mask [max_objs] float32, depth [max_objs],
+    dims [max_objs, 3], alpha [max_objs] float32, aug [] float32 (1: scaled / shifted),
+    dropped_objects [] int32 (objects visible on the canvas beyond ``max_objs``)).
+  """
+  in_h, in_w = int(input_hw[0]), int(input_hw[1])
+  shape = tf.shape(image)
+  center, s, aug = ddd_center_scale(seed, shape[0], shape[1], ddd_aug=ddd_aug, scale=scale,
+                                    shift=shift)
+  trans = get_affine_transform(center, s, (in_w, in_h))
+  inp = tf.round(warp_axis_aligned(image, trans, (in_h, in_w)))
+  inp = normalize(to_channel_order(inp / 255.0, channel_order), mean, std)
+  inp.set_shape([in_h, in_w, 3])
+  boxes = affine_boxes(tf.reshape(tf.cast(boxes, tf.float32), [-1, 4]), trans)
+  order = object_order(boxes, max_objs, (in_h, in_w), 'first')
+  return {'image': inp, 'boxes': pad_rows(boxes, order, max_objs),
+          'labels': pad_rows(tf.cast(labels, tf.int32), order, max_objs),
+          'mask': tf.sequence_mask(tf.shape(order)[0], max_objs, dtype=tf.float32),
+          'depth': pad_rows(tf.cast(depth, tf.float32), order, max_objs),
+          'dims': pad_rows(tf.reshape(tf.cast(dims, tf.float32), [-1, 3]), order, max_objs),
+          'alpha': pad_rows(tf.cast(alpha, tf.float32), order, max_objs),
+          'aug': tf.cast(aug, tf.float32),
+          'dropped_objects': count_dropped(boxes, order, (in_h, in_w))}
+
+
 # --- Evaluation ----------------------------------------------------------------------------
 # The letterbox geometry is owned by ``centernet_jax/boxes.py`` (numpy: ``canvas_hw``,
 # ``letterbox_center_scale``, ``letterbox``); these are its tf twins for tf.data, where the image
 # size is only known inside the graph (tests/data_transforms_test.py checks they agree).
 
 
-def canvas_hw(height, width, *, mode: str, pad: int, size: int):
-  """tf twin of ``boxes.canvas_hw``: (H, W) int32 scalars of the evaluation canvas."""
+def _size_hw(size):
+  """A canvas size given as a side (square) or as (h, w) -> (h, w) Python ints."""
+  if np.ndim(size) == 0:
+    return int(size), int(size)
+  return int(size[0]), int(size[1])
+
+
+def canvas_hw(height, width, *, mode: str, pad: int, size):
+  """tf twin of ``boxes.canvas_hw``: (H, W) int32 scalars of the evaluation canvas.
+
+  ``size``: the 'fixed_res' / 'fit_width' canvas, a side or (h, w).
+  """
   if mode == 'keep_res':
     return tf.bitwise.bitwise_or(height, pad) + 1, tf.bitwise.bitwise_or(width, pad) + 1
-  if mode == 'fixed_res':
-    return tf.constant(size, tf.int32), tf.constant(size, tf.int32)
-  raise ValueError(f"eval_mode must be 'keep_res' or 'fixed_res', got {mode!r}")
+  if mode in ('fixed_res', 'fit_width'):
+    h, w = _size_hw(size)
+    return tf.constant(h, tf.int32), tf.constant(w, tf.int32)
+  raise ValueError(f"eval_mode must be 'fit_width', 'keep_res' or 'fixed_res', got {mode!r}")
 
 
 def letterbox_center_scale(height, width, inp_h, inp_w, *, mode: str):
-  """tf twin of ``boxes.letterbox_center_scale`` for a square 'fixed_res' canvas.
+  """tf twin of ``boxes.letterbox_center_scale``.
 
   Returns:
     center [2] float32 (x, y), scale [2] float32 (w, h), in image pixels.
@@ -538,20 +620,26 @@ def letterbox_center_scale(height, width, inp_h, inp_w, *, mode: str):
   if mode == 'keep_res':
     return (tf.cast(tf.stack([width // 2, height // 2]), tf.float32),
             tf.cast(tf.stack([inp_w, inp_h]), tf.float32))
-  s = tf.cast(tf.maximum(height, width), tf.float32)
-  return tf.cast(tf.stack([width, height]), tf.float32) / 2.0, tf.stack([s, s])
+  hw = tf.cast(tf.stack([width, height]), tf.float32)
+  if mode == 'fit_width':  # official DddDetector.pre_process: s = (w, h) (docs/parity.md 4.13)
+    return hw / 2.0, hw
+  s = tf.maximum(hw[0], hw[1] * tf.cast(inp_w, tf.float32) / tf.cast(inp_h, tf.float32))
+  return hw / 2.0, tf.stack([s, s])
 
 
-def eval_transform(image, *, mode: str = 'keep_res', pad: int = 31, size: int = 512,
-                   channel_order: str = 'BGR', test_scale: float = 1.0) -> dict:
+def eval_transform(image, *, mode: str = 'keep_res', pad: int = 31,
+                   size: int | Sequence[int] = 512, channel_order: str = 'BGR',
+                   test_scale: float = 1.0) -> dict:
   """Official test pre-processing of one image, before mean/std (applied after batching).
 
   Args:
     image: [H, W, 3] uint8 RGB.
-    mode: 'keep_res' (centre-pad to (H | pad) + 1, (W | pad) + 1) or 'fixed_res' (warp to
-      size x size with s = max(H, W)).
+    mode: 'keep_res' (centre-pad to (H | pad) + 1, (W | pad) + 1), 'fixed_res' (warp to
+      size x size with s = max(H, W)) or 'fit_width' (official ddd: warp onto the ``size``
+      canvas with c = image centre, s = W: scaled to the canvas width).
     pad: the official ``--pad`` (31; 127 for hourglass).
-    size: output side for 'fixed_res'.
+    size: the 'fixed_res' / 'fit_width' canvas, a side or (h, w)
+      (``data.config.eval_canvas_size``).
     channel_order: 'BGR' or 'RGB'.
     test_scale: multi-scale testing (official ``--test_scales``): the image is first resized
       to ``(int(H * s), int(W * s))`` (bilinear, as ``cv2.resize``); ``center`` and ``scale``
@@ -580,8 +668,9 @@ def eval_transform(image, *, mode: str = 'keep_res', pad: int = 31, size: int = 
     inp = tf.pad(tf.cast(image, tf.float32),
                  [[top, inp_h - height - top], [left, inp_w - width - left], [0, 0]])
   else:
-    trans = get_affine_transform(center, scale, (size, size))
-    inp = tf.round(warp_affine(tf.cast(image, tf.float32), trans, (size, size)))
+    out_h, out_w = _size_hw(size)
+    trans = get_affine_transform(center, scale, (out_w, out_h))
+    inp = tf.round(warp_affine(tf.cast(image, tf.float32), trans, (out_h, out_w)))
   inp = to_channel_order(inp / 255.0, channel_order)
   if test_scale != 1.0:
     center, scale = center / test_scale, scale / test_scale
