@@ -17,7 +17,10 @@ each model, which also states that model's PyTorch name rules):
                 hourglass (Hourglass-104, two stacks); the multi_pose zoo models
                 (``multi_pose_dla_{1x,3x}.pth`` as dla_34, ``multi_pose_hg_{1x,3x}.pth`` as
                 hourglass: heads hm, wh, hps, reg, hm_hp, hp_offset read from the file, class
-                table COCO's person) for ``configs/multi_pose_*_coco.py``.
+                table COCO's person) for ``configs/multi_pose_*_coco.py``; the ddd (KITTI
+                monocular 3D) zoo models (``ddd_3dop.pth``, ``ddd_sub.pth`` as dla_34: heads
+                hm, dep, rot, dim, wh, reg read from the file, class table KITTI's
+                Pedestrian, Car, Cyclist) for ``configs/ddd_dla34_kitti.py``.
   cornernet     official CornerNet (princeton-vl/CornerNet) Hourglass-104: hg104.
   mmdet         mmdetection CenterNet: resnet18_dcnv2 (CTResNetNeck use_dcn=True), resnet18;
                 mmdetection CornerNet: cornernet_hg104 (HourglassNet + CornerHead).
@@ -210,6 +213,8 @@ def config_from_state_dict(state_dict: Mapping[str, Any], arch: str, fmt: str = 
         f'{where}: no heatmap head found: not a {fmt} {arch} checkpoint' +
         (f'; it looks like {hint}' if hint else ''))
   heads, head_conv = read
+  if is_ddd_model(heads):  # the official ddd order (opts.py, docs/parity.md 4.13), not ctdet's
+    heads = torch_names.order_heads(dict(heads), DDD_HEADS)
   read_classes = heads[0][1]  # the official order lists the heatmap first
   if num_classes is not None and num_classes != read_classes:
     raise ConversionError(f'{where}: the heatmap head has {read_classes} classes, '
@@ -381,10 +386,23 @@ def is_keypoint_model(heads: Sequence[tuple[str, int]]) -> bool:
   return any(name == 'hps' for name, _ in heads)
 
 
+# Heads of the official ddd models in the official order (opts.py: hm, dep, rot, dim, then wh and
+# reg; docs/parity.md 4.13), the order of tasks/ddd.heads and so of the ddd configs.
+DDD_HEADS = ('hm', 'dep', 'rot', 'dim', 'wh', 'reg')
+
+
+def is_ddd_model(heads: Sequence[tuple[str, int]]) -> bool:
+  """Whether ``heads`` are a ddd (monocular 3D) model's: depth, rotation and size heads."""
+  names = {name for name, _ in heads}
+  return {'dep', 'rot', 'dim'} <= names
+
+
 def class_table(num_classes: int, class_names: list[str] | None = None, *,
-                keypoints: bool = False) -> tuple[list[str], list[int]]:
+                keypoints: bool = False, ddd: bool = False) -> tuple[list[str], list[int]]:
   """(class names, category ids) unless names are given: COCO's 80 for 80-class models, COCO's
-  person (category 1 of person_keypoints_*.json) for a one-class keypoint model."""
+  person (category 1 of person_keypoints_*.json) for a one-class keypoint model, KITTI's
+  Pedestrian, Car, Cyclist (ids 1, 2, 3, the official KITTI conversion's) for a three-class ddd
+  model."""
   if class_names:
     if len(class_names) != num_classes:
       raise ConversionError(f'--class_names has {len(class_names)} names, the model predicts '
@@ -392,6 +410,9 @@ def class_table(num_classes: int, class_names: list[str] | None = None, *,
     return list(class_names), list(range(1, num_classes + 1))
   if keypoints and num_classes == 1:
     return ['person'], [1]
+  if ddd and num_classes == 3:
+    from centernet_jax.data.kitti import CLASS_NAMES
+    return list(CLASS_NAMES), [1, 2, 3]
   if num_classes == 80:
     from centernet_jax.data.coco import COCO_2017_CATEGORIES
     return [n for _, n in COCO_2017_CATEGORIES], [i for i, _ in COCO_2017_CATEGORIES]
@@ -405,7 +426,7 @@ def convert_file(input_path: str, output_dir: str, arch: str, fmt: str = 'center
 
   The checkpoint's meta holds the model config (:func:`config_from_state_dict`: heads read from
   the file), class names and category ids (COCO's for 80-class models, COCO's person for
-  one-class keypoint models), and where it came from.
+  one-class keypoint models, KITTI's for three-class ddd models), and where it came from.
   """
   from centernet_jax import checkpoint
   from centernet_jax.state import TrainState
@@ -419,7 +440,8 @@ def convert_file(input_path: str, output_dir: str, arch: str, fmt: str = 'center
                                  where=input_path)
   cfg = config_from_state_dict(state_dict, arch, fmt, where=input_path)
   names, ids = ([], []) if ckpt.backbone_only else class_table(
-      cfg.num_classes, class_names, keypoints=is_keypoint_model(cfg.heads))
+      cfg.num_classes, class_names, keypoints=is_keypoint_model(cfg.heads),
+      ddd=is_ddd_model(cfg.heads))
   meta = {'model': cfg.to_dict(), 'class_names': names, 'category_ids': ids,
           'converted_from': {'file': os.path.abspath(input_path), 'format': fmt, 'arch': arch,
                              'backbone_only': ckpt.backbone_only}}
@@ -445,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                       help='check the heatmap head has this many classes')
   parser.add_argument('--class_names', default='',
                       help='comma-separated names (default: COCO for 80-class models, '
-                      'person for multi_pose models)')
+                      'person for multi_pose models, KITTI for ddd models)')
   args = parser.parse_args(argv)
   logging.getLogger().setLevel(logging.INFO)
   try:

@@ -1,5 +1,7 @@
 """Drawing detections (boxes, and for pose skeletons) on images and writing image montages.
 
+Monocular 3D (ddd) detections are drawn as their projected 3D boxes (:func:`draw_boxes_3d`) with
+a bird's-eye view panel beside the image (:func:`draw_birds_eye_view`, :func:`draw_ddd`).
 PIL + numpy only.
 """
 
@@ -219,6 +221,191 @@ def _draw_skeleton(draw: ImageDraw.ImageDraw, kps: np.ndarray, shown: np.ndarray
     if show:
       draw.ellipse([x - radius, y - radius, x + radius, y + radius],
                    fill=SIDE_COLORS[int(side)])
+
+
+# Edges of a KITTI 3D box (corners as data/kitti.box3d_corners: 0-3 bottom, 4-7 above them, 0, 1,
+# 4, 5 the front face): the bottom and top rectangles and the four verticals, then the front
+# face's two diagonals, the mark the official debugger's draw_box_3d puts on the heading side
+# (docs/parity.md 4.13).
+BOX3D_EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4),
+               (0, 4), (1, 5), (2, 6), (3, 7))
+BOX3D_FRONT_CROSS = ((0, 5), (1, 4))
+MIN_DRAW_DEPTH = 0.1  # boxes with a corner closer than this (metres, camera z) are not projected
+BEV_BACKGROUND = (24, 24, 24)
+BEV_GRID = (90, 90, 90)
+
+
+def _caption(draw: ImageDraw.ImageDraw, font, text: str, x: float, y: float,
+             color: tuple[int, int, int], width: int) -> None:
+  """A filled caption whose bottom-left is near (x, y), kept inside the image horizontally."""
+  left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+  tw, th = right - left, bottom - top
+  ty = y - th - 2 if y - th - 2 >= 0 else max(y, 0)
+  tx = min(max(x, 0), max(width - tw - 2, 0))
+  draw.rectangle([tx, ty, tx + tw + 2, ty + th + 2], fill=color)
+  draw.text((tx + 1 - left, ty + 1 - top), text, fill=(0, 0, 0), font=font)
+
+
+def _label_name(label: int, class_names: Sequence[str] | Mapping[int, str] | None) -> str:
+  if isinstance(class_names, Mapping):
+    return class_names.get(label, str(label))
+  if class_names is not None and 0 <= label < len(class_names):
+    return class_names[label]
+  return str(label)
+
+
+def _check_3d(corners_3d, scores, labels, corners_2d=None):
+  """(corners_3d [N, 8, 3], scores [N], labels [N], corners_2d [N, 8, 2] or None) as arrays."""
+  c3 = np.asarray(corners_3d, np.float64).reshape(-1, 8, 3)
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  labels = np.asarray(labels).reshape(-1).astype(np.int64)
+  c2 = None if corners_2d is None else np.asarray(corners_2d, np.float64).reshape(-1, 8, 2)
+  lengths = {len(c3), len(scores), len(labels)} | ({len(c2)} if c2 is not None else set())
+  if len(lengths) != 1:
+    raise ValueError(f'corners, scores and labels disagree in length: {len(c3)} corners_3d, '
+                     f'{len(scores)} scores, {len(labels)} labels'
+                     + (f', {len(c2)} corners_2d' if c2 is not None else ''))
+  return c3, scores, labels, c2
+
+
+def draw_boxes_3d(
+    image: np.ndarray,
+    corners_2d: np.ndarray,
+    corners_3d: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    score_threshold: float = 0.3,
+) -> np.ndarray:
+  """Draws 3D boxes projected into the image, front face crossed, with "name score" captions.
+
+  Args:
+    image: [H, W, 3] uint8 RGB (converted as :func:`draw_detections` does).
+    corners_2d: [N, 8, 2] the corners projected to the image's pixels (``kitti.project``).
+    corners_3d: [N, 8, 3] the corners in camera coordinates (``kitti.box3d_corners`` order):
+      a box with a corner less than ``MIN_DRAW_DEPTH`` in front of the camera is not drawn (its
+      projection is meaningless).
+    scores: [N]; only those >= score_threshold are drawn, lowest first.
+    labels: [N] contiguous labels (colour and name).
+    class_names: label -> name, as a list or a dict.
+    score_threshold: minimum score to draw.
+
+  Returns:
+    [H, W, 3] uint8 RGB copy of the image.
+  """
+  image = _to_rgb_uint8(image)
+  c3, scores, labels, c2 = _check_3d(corners_3d, scores, labels, corners_2d)
+  pil = Image.fromarray(image)
+  draw = ImageDraw.Draw(pil)
+  font = ImageFont.load_default()
+  height, width = image.shape[:2]
+  line = max(1, round(min(height, width) / 250))
+  for i in np.argsort(scores, kind='stable'):
+    if scores[i] < score_threshold or not np.all(c3[i, :, 2] >= MIN_DRAW_DEPTH):
+      continue
+    if not np.all(np.isfinite(c2[i])):
+      continue
+    color = class_color(int(labels[i]))
+    pts = [tuple(p) for p in c2[i].tolist()]
+    for a, b in BOX3D_EDGES + BOX3D_FRONT_CROSS:
+      draw.line([pts[a], pts[b]], fill=color, width=line)
+    _caption(draw, font, f'{_label_name(int(labels[i]), class_names)} {scores[i]:.2f}',
+             float(c2[i, :, 0].min()), float(c2[i, :, 1].min()), color, width)
+  return np.asarray(pil)
+
+
+def draw_birds_eye_view(
+    corners_3d: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    score_threshold: float = 0.3,
+    size: int = 384,
+    max_depth: float = 60.0,
+    ring_step: float = 10.0,
+) -> np.ndarray:
+  """A bird's-eye view of 3D boxes: x to the right, z (forward) up, the camera at the bottom
+  centre, distance rings every ``ring_step`` metres, each box's footprint in its class colour
+  with its front edge (the heading, corners 0-1) drawn thick.
+
+  Args:
+    corners_3d: [N, 8, 3] corners in camera coordinates (``kitti.box3d_corners`` order).
+    scores: [N]; only those >= score_threshold are drawn, lowest first.
+    labels: [N] contiguous labels (colour).
+    score_threshold: minimum score to draw.
+    size: the panel's side in pixels.
+    max_depth: metres from the camera to the panel's top edge (the panel spans x in
+      [-max_depth / 2, max_depth / 2]).
+    ring_step: metres between distance rings (labelled).
+
+  Returns:
+    [size, size, 3] uint8 RGB.
+  """
+  c3, scores, labels, _ = _check_3d(corners_3d, scores, labels)
+  if size < 16 or max_depth <= 0 or ring_step <= 0:
+    raise ValueError(f'size={size} (>= 16), max_depth={max_depth} and ring_step={ring_step} '
+                     '(> 0) make no panel')
+  pil = Image.new('RGB', (size, size), BEV_BACKGROUND)
+  draw = ImageDraw.Draw(pil)
+  font = ImageFont.load_default()
+  ppm = (size - 1) / max_depth  # pixels per metre
+  cx, cy = (size - 1) / 2, size - 1
+
+  def to_pixels(x, z):
+    return cx + np.asarray(x) * ppm, cy - np.asarray(z) * ppm
+
+  draw.line([(cx, 0), (cx, cy)], fill=BEV_GRID, width=1)
+  for k in range(1, int(max_depth / ring_step + 1e-9) + 1):
+    r = k * ring_step * ppm
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=BEV_GRID, width=1)
+    draw.text((cx + 3, cy - r + 1), f'{k * ring_step:g} m', fill=BEV_GRID, font=font)
+  draw.polygon([(cx, cy - 6), (cx - 4, cy), (cx + 4, cy)], fill=(255, 255, 255))  # the camera
+  line = max(1, round(size / 250))
+  for i in np.argsort(scores, kind='stable'):
+    if scores[i] < score_threshold or not np.all(np.isfinite(c3[i])):
+      continue
+    xs, ys = to_pixels(c3[i, :4, 0], c3[i, :4, 2])  # the bottom face
+    pts = list(zip(xs.tolist(), ys.tolist(), strict=True))
+    color = class_color(int(labels[i]))
+    draw.polygon(pts, outline=color, width=line)
+    draw.line([pts[0], pts[1]], fill=color, width=line + 2)
+  return np.asarray(pil)
+
+
+def draw_ddd(
+    image: np.ndarray,
+    corners_2d: np.ndarray,
+    corners_3d: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    score_threshold: float = 0.3,
+    max_depth: float = 60.0,
+    min_panel: int = 256,
+) -> np.ndarray:
+  """The image with its projected 3D boxes (:func:`draw_boxes_3d`) and, to its right, the
+  bird's-eye view of the same boxes (:func:`draw_birds_eye_view`), as the official debugger
+  shows ddd results side by side (docs/parity.md 4.13).
+
+  Args:
+    image, corners_2d, corners_3d, scores, labels, class_names, score_threshold: as
+      :func:`draw_boxes_3d`.
+    max_depth: metres the bird's-eye view spans forward.
+    min_panel: the bird's-eye view is a square of the image's height, at least this many pixels
+      (the picture is padded below with black when the panel is taller than the image).
+
+  Returns:
+    [max(H, S), W + S, 3] uint8 RGB with S = max(H, min_panel).
+  """
+  drawn = draw_boxes_3d(image, corners_2d, corners_3d, scores, labels, class_names,
+                        score_threshold)
+  height, width = drawn.shape[:2]
+  side = max(height, int(min_panel))
+  panel = draw_birds_eye_view(corners_3d, scores, labels, score_threshold, size=side,
+                              max_depth=max_depth)
+  out = np.zeros((max(height, side), width + side, 3), np.uint8)
+  out[:height, :width] = drawn
+  out[:side, width:] = panel
+  return out
 
 
 def save_grid(

@@ -17,3 +17,9 @@ def multi_pose_heads(num_classes: int = 1, num_joints: int = 17) -> tuple[tuple[
   pose_dla_dcn and large_hourglass register them): hm, wh, hps, reg, hm_hp, hp_offset."""
   return (('hm', num_classes), ('wh', 2), ('hps', 2 * num_joints), ('reg', 2),
           ('hm_hp', num_joints), ('hp_offset', 2))
+
+
+def ddd_heads(num_classes: int = 3) -> tuple[tuple[str, int], ...]:
+  """Official ddd heads in the order opts.py builds its dict (and so pose_dla_dcn registers
+  them): hm, dep, rot, dim, wh, reg (docs/parity.md 4.13)."""
+  return (('hm', num_classes), ('dep', 1), ('rot', 8), ('dim', 3), ('wh', 2), ('reg', 2))
