@@ -89,8 +89,9 @@ class Evaluator:
       out_dir: written by process 0.
 
     Returns:
-      The task's COCO metrics (``coco_eval.METRIC_NAMES``, and for multi_pose
-      ``coco_eval.KEYPOINT_METRIC_NAMES`` too).
+      The task's metrics (``coco_eval.METRIC_NAMES``, and for multi_pose
+      ``coco_eval.KEYPOINT_METRIC_NAMES`` too; for ddd the KITTI metrics, with the result
+      files in ``out_dir/kitti/``).
     """
     dets = self.predict_dataset(variables)
     image_ids = list(self.info.val_image_ids)
@@ -101,6 +102,10 @@ class Evaluator:
     if jax.process_index() == 0:
       coco_eval.write_json(os.path.join(out_dir, 'detections.json'), dets)
       coco_eval.write_json(os.path.join(out_dir, 'metrics.json'), metrics)
+      write_results = getattr(self.task, 'write_results', None)
+      if write_results is not None:  # ddd: the KITTI result files, one per image
+        write_results(self.info.val_gt, dets, image_ids, self.config,
+                      os.path.join(out_dir, 'kitti'))
       logging.info('eval: %s -> %s', ', '.join(f'{k}={v:.4f}' for k, v in metrics.items()),
                    out_dir)
     return metrics
@@ -202,7 +207,7 @@ def _progress(it, info, num_images):
 SAVED = 'saved'  # run()'s default reference: the run's own config (W/config.json)
 # Keys outside config.eval that change what an evaluation computes (every eval key does, except
 # the batch size).
-_EVAL_KEYS_OUTSIDE_EVAL = ('data.eval_mode', 'data.eval_pad', 'data.eval_size',
+_EVAL_KEYS_OUTSIDE_EVAL = ('data.eval_mode', 'data.eval_pad', 'data.eval_size', 'data.input_hw',
                            'data.channel_order', 'data.mean', 'data.std', 'model.dtype')
 _ON_OFF = {'eval.flip_test': ('flip', 'noflip'), 'eval.round_results': ('rounded', 'unrounded')}
 

@@ -742,5 +742,19 @@ def evaluate(gt: Mapping[int, Mapping], results: Sequence[Mapping], image_ids: S
       min_overlaps=tables[config.eval.kitti_overlaps],
       min_height_scale=float(config.eval.kitti_min_height_scale))
   if log is not None:
-    log('\n'.join(f'{k}: {v:.4f}' for k, v in sorted(metrics.items())))
+    log(metrics_table(metrics))
   return metrics
+
+
+def metrics_table(metrics: Mapping[str, float]) -> str:
+  """The 40-point KITTI metrics as a text table: one row per metric and class, columns easy,
+  moderate, hard (-1: no ground truth counted at that difficulty)."""
+  rows = [f'{"KITTI AP|R40":<16}' + ''.join(f'{d:>9}' for d in ('easy', 'moderate', 'hard'))]
+  for metric in ('2d', 'aos', 'bev', '3d'):
+    for cls in CLASS_NAMES:
+      values = [metrics.get(f'{metric}_AP_{cls}_{d}') for d in ('easy', 'moderate', 'hard')]
+      if all(v is None for v in values):
+        continue
+      cells = ''.join(f'{v:>9.4f}' if v is not None else f'{"-":>9}' for v in values)
+      rows.append(f'{metric.upper():<4}{cls:<12}{cells}')
+  return '\n'.join(rows)

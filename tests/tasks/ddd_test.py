@@ -638,3 +638,16 @@ def test_perfect_detections_score_one_on_the_kitti_benchmark(monkeypatch):
     for metric in ('2d', 'aos', 'bev', '3d'):
       value = metrics[f'{metric}_AP_{name}_easy']
       assert value == (pytest.approx(1.0) if name in present else -1), (metric, name)
+
+
+def test_metrics_table_lists_each_metric_and_class_by_difficulty():
+  m = {f'{a}_AP_{c}_{d}': 0.25 for a in ('2d', 'aos', 'bev', '3d') for c in ddd.CLASS_NAMES
+       for d in ('easy', 'moderate', 'hard')}
+  m['3d_AP_Car_moderate'] = 0.5
+  m['bev_AP_Cyclist_hard'] = -1.0
+  rows = ddd.metrics_table(m).splitlines()
+  assert len(rows) == 1 + 4 * 3 and rows[0].split() == ['KITTI', 'AP|R40', 'easy', 'moderate',
+                                                        'hard']
+  assert rows[-2].split() == ['3D', 'Car', '0.2500', '0.5000', '0.2500']
+  assert rows[9].split() == ['BEV', 'Cyclist', '0.2500', '0.2500', '-1.0000']
+  assert len(ddd.metrics_table({'2d_AP_Car_easy': 1.0}).splitlines()) == 2
