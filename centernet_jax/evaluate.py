@@ -22,6 +22,7 @@ From Python (the training loop does this)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -209,6 +210,12 @@ SAVED = 'saved'  # run()'s default reference: the run's own config (W/config.jso
 # the batch size).
 _EVAL_KEYS_OUTSIDE_EVAL = ('data.eval_mode', 'data.eval_pad', 'data.eval_size', 'data.input_hw',
                            'data.channel_order', 'data.mean', 'data.std', 'model.dtype')
+# Keys naming the evaluated images: another split evaluates other images, so it gets its own
+# folder too (named 'data-<hash of these values>': paths make poor folder names).
+_EVAL_DATA_KEYS = ('data.source', 'data.val_annotations', 'data.val_images', 'data.tfds_name',
+                   'data.tfds_data_dir', 'data.tfds_val_split', 'data.kitti_root',
+                   'data.val_split', 'data.shapes_dir', 'data.shapes_num_val', 'data.shapes_seed',
+                   'data.shapes_image_size', 'data.shapes_ddd_hw')
 _ON_OFF = {'eval.flip_test': ('flip', 'noflip'), 'eval.round_results': ('rounded', 'unrounded')}
 
 
@@ -228,7 +235,8 @@ def eval_setting(config: ml_collections.ConfigDict,
   """{dotted key: value} of the evaluation settings in which ``config`` differs from ``reference``.
 
   Every ``eval`` key except ``batch_size``, and the data and model keys that change the input or
-  the arithmetic (``eval_pad`` only for ``keep_res``, ``eval_size`` only for ``fixed_res``).
+  the arithmetic (``eval_pad`` only for ``keep_res``, ``eval_size`` only for ``fixed_res``), and
+  the keys naming the evaluated split (another folder, another annotation file).
   Empty when ``reference`` is None or evaluates the same way.
   """
   if reference is None:
@@ -236,6 +244,7 @@ def eval_setting(config: ml_collections.ConfigDict,
   paths = [f'eval.{k}' for k in config.eval if k != 'batch_size']
   paths += [p for p in _EVAL_KEYS_OUTSIDE_EVAL if p != ('data.eval_size' if
             config.data.eval_mode == 'keep_res' else 'data.eval_pad')]
+  paths += list(_EVAL_DATA_KEYS)
   return {p: _value(config, p) for p in paths if _value(config, p) != _value(reference, p)}
 
 
@@ -245,7 +254,13 @@ def eval_setting_name(setting: dict) -> str:
   '' for an empty setting.
   """
   parts = []
+  data = {p: v for p, v in setting.items() if p in _EVAL_DATA_KEYS}
+  if data:
+    digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+    parts.append(f'data-{digest}')
   for path, value in setting.items():
+    if path in _EVAL_DATA_KEYS:
+      continue
     key = path.split('.')[-1].removeprefix('eval_')
     if path in _ON_OFF:
       parts.append(_ON_OFF[path][0 if value else 1])
