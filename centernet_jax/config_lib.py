@@ -379,6 +379,8 @@ _CHOICES = {
     'optim.lr_steps_unit': ('epochs', 'steps'),
     'train.nonfinite_policy': ('stop', 'skip'),
     'eval.nms_method': ('gaussian', 'linear', 'hard'),  # nms.py METHODS
+    'loss.ddd_norm': ('slots', 'objects'),  # tasks/ddd.py (ddd configs only)
+    'eval.kitti_overlaps': ('devkit', 'centernet'),  # tasks/ddd.py (ddd configs only)
 }
 _POSITIVE_INTS = ('data.input_size', 'data.max_objs', 'data.eval_size', 'model.down_ratio',
                   'train.batch_size', 'train.log_every', 'train.checkpoint_every', 'eval.K',

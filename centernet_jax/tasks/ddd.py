@@ -56,6 +56,10 @@ def add_config(c: ml_collections.ConfigDict) -> None:
   c.loss.wh_weight = 0.1
   c.loss.off_weight = 1.0
   c.loss.min_overlap = 0.7  # official gaussian_radius overlap
+  # 'slots' (official): the L1 terms and the rotation-bin cross-entropy are means over all
+  # max_objs slots, so each object's gradient shrinks as max_objs grows; 'objects' averages over
+  # the objects (as ctdet's RegL1 does).
+  c.loss.ddd_norm = 'slots'
   c.loss.reg_bbox = True  # the wh head (official --not_reg_bbox turns it off)
   c.loss.reg_offset = True  # the reg head (official --not_reg_offset)
   c.eval.peak_thresh = 0.2  # official --peak_thresh: detections scoring above it are kept
@@ -242,27 +246,34 @@ def ddd_targets(
 
 
 def masked_l1_mean(pred: jax.Array, ind: jax.Array, mask: jax.Array,
-                   target: jax.Array) -> jax.Array:
+                   target: jax.Array, per_object: bool = False) -> jax.Array:
   """Official ddd ``L1Loss``: mean of |pred * m - gt * m| over all B x M x D entries.
 
   Unlike ctdet's RegL1 it is not normalised by the number of objects: unused slots count.
+  ``per_object`` (not official, ``loss.ddd_norm='objects'``) divides the sum by the masked
+  entries instead (sum(m) x D + 1e-4, as ctdet's RegL1), so the gradient per object does not
+  shrink with ``data.max_objs``.
 
   Args:
     pred: [B, h, w, D] map; ind: [B, M] flat indices; mask: [B, M]; target: [B, M, D].
   """
   gathered = losses.gather_feat(pred, ind).astype(jnp.float32)
   m = jnp.asarray(mask, jnp.float32)[..., None]
-  return jnp.mean(jnp.abs(gathered * m - jnp.asarray(target, jnp.float32) * m))
+  err = jnp.abs(gathered * m - jnp.asarray(target, jnp.float32) * m)
+  if per_object:
+    return jnp.sum(err) / (jnp.sum(m) * err.shape[-1] + 1e-4)
+  return jnp.mean(err)
 
 
 def bin_rot_loss(rot: jax.Array, mask: jax.Array, rotbin: jax.Array,
-                 rotres: jax.Array) -> jax.Array:
+                 rotres: jax.Array, per_object: bool = False) -> jax.Array:
   """Official ``BinRotLoss`` on the rot values gathered at the objects.
 
   Per bin: cross-entropy of the masked logit pair (logits x mask) against the bin target,
   averaged over all B x M rows (a masked row costs ln 2, so no object gives 2 ln 2); plus
   smooth-L1 of the sin and cos channels against sin / cos of the residual, each averaged over
-  the rows whose bin target is 1 (0 when there is none).
+  the rows whose bin target is 1 (0 when there is none). ``per_object`` (not official) averages
+  the cross-entropy over the masked rows only (0 without any), so unused slots do not dilute it.
 
   Args:
     rot: [B, M, 8] gathered rot outputs; mask: [B, M] (rot_mask);
@@ -278,7 +289,11 @@ def bin_rot_loss(rot: jax.Array, mask: jax.Array, rotbin: jax.Array,
     logits = rot[..., 4 * i:4 * i + 2] * m
     target = rotbin[..., i].astype(jnp.int32)
     picked = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
-    total += jnp.mean(jax.nn.logsumexp(logits, axis=-1) - picked)
+    ce = jax.nn.logsumexp(logits, axis=-1) - picked
+    if per_object:
+      total += jnp.sum(ce * m[..., 0]) / jnp.maximum(jnp.sum(m), 1.0)
+    else:
+      total += jnp.mean(ce)
     sel = rotbin[..., i] != 0
     n = jnp.maximum(jnp.sum(sel), 1).astype(jnp.float32)
     res = rotres[..., i].astype(jnp.float32)
@@ -298,8 +313,12 @@ def ddd_loss(
     rot_weight: float = 1.0,
     wh_weight: float = 0.1,
     off_weight: float = 1.0,
+    per_object: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Official ``DddLoss``, each term averaged over stacks.
+
+  ``per_object`` (not official, ``loss.ddd_norm='objects'``): the L1 terms and the bin
+  cross-entropy are averaged over the objects instead of all slots.
 
   Focal loss on ``hm``; :func:`masked_l1_mean` on the transformed depth and on ``dim`` (mask
   reg_mask) and on ``wh`` and ``reg`` (mask rot_mask); :func:`bin_rot_loss` on ``rot``. A stack
@@ -320,14 +339,17 @@ def ddd_loss(
   for out in outputs:
     parts['hm_loss'] += losses.focal_loss(out['hm'], t['hm']) / n
     parts['dep_loss'] += masked_l1_mean(depth_from_output(out['dep']), t['ind'], t['reg_mask'],
-                                        t['dep']) / n
-    parts['dim_loss'] += masked_l1_mean(out['dim'], t['ind'], t['reg_mask'], t['dim']) / n
+                                        t['dep'], per_object) / n
+    parts['dim_loss'] += masked_l1_mean(out['dim'], t['ind'], t['reg_mask'], t['dim'],
+                                        per_object) / n
     parts['rot_loss'] += bin_rot_loss(losses.gather_feat(out['rot'], t['ind']), t['rot_mask'],
-                                      t['rotbin'], t['rotres']) / n
+                                      t['rotbin'], t['rotres'], per_object) / n
     if out.get('wh') is not None:
-      parts['wh_loss'] += masked_l1_mean(out['wh'], t['ind'], t['rot_mask'], t['wh']) / n
+      parts['wh_loss'] += masked_l1_mean(out['wh'], t['ind'], t['rot_mask'], t['wh'],
+                                         per_object) / n
     if out.get('reg') is not None:
-      parts['off_loss'] += masked_l1_mean(out['reg'], t['ind'], t['rot_mask'], t['reg']) / n
+      parts['off_loss'] += masked_l1_mean(out['reg'], t['ind'], t['rot_mask'], t['reg'],
+                                          per_object) / n
   total = (hm_weight * parts['hm_loss'] + dep_weight * parts['dep_loss']
            + dim_weight * parts['dim_loss'] + rot_weight * parts['rot_loss']
            + wh_weight * parts['wh_loss'] + off_weight * parts['off_loss'])
@@ -546,7 +568,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
   def loss(outputs, tgt):
     return ddd_loss(outputs, tgt, hm_weight=lc.hm_weight, dep_weight=lc.dep_weight,
                     dim_weight=lc.dim_weight, rot_weight=lc.rot_weight,
-                    wh_weight=lc.wh_weight, off_weight=lc.off_weight)
+                    wh_weight=lc.wh_weight, off_weight=lc.off_weight,
+                    per_object=lc.ddd_norm == 'objects')
 
   return state.make_train_step_from_objective(model, tx, make_targets, loss,
                                               lambda tgt: tgt['rot_mask'].sum(), schedule)

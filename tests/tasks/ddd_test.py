@@ -86,11 +86,13 @@ def _gather_oracle(feat, ind):
   return np.stack([feat[i].reshape(h * w, d)[ind[i]] for i in range(b)])
 
 
-def _l1_oracle(pred, ind, mask, target):
-  """Official ddd ``L1Loss``: F.l1_loss(pred * m, gt * m) averaged over every element."""
+def _l1_oracle(pred, ind, mask, target, per_object=False):
+  """Official ddd ``L1Loss``: F.l1_loss(pred * m, gt * m) averaged over every element; with
+  ``per_object`` the sum over the objects' entries (ctdet's RegL1 normaliser)."""
   g = _gather_oracle(np.asarray(pred, np.float64), ind)
   m = np.asarray(mask, np.float64)[..., None]
-  return np.mean(np.abs(g * m - np.asarray(target, np.float64) * m))
+  err = np.abs(g * m - np.asarray(target, np.float64) * m)
+  return err.sum() / (m.sum() * err.shape[-1] + 1e-4) if per_object else np.mean(err)
 
 
 def _smooth_l1(x):
@@ -98,8 +100,9 @@ def _smooth_l1(x):
   return np.where(ax < 1, 0.5 * x * x, ax - 0.5)
 
 
-def _rot_loss_oracle(rot, mask, rotbin, rotres):
-  """Official ``compute_rot_loss`` on rows flattened to (B * M, 8), float64."""
+def _rot_loss_oracle(rot, mask, rotbin, rotres, per_object=False):
+  """Official ``compute_rot_loss`` on rows flattened to (B * M, 8), float64; ``per_object``:
+  the bin cross-entropy averaged over the masked rows only."""
   out = np.asarray(rot, np.float64).reshape(-1, 8)
   tb = np.asarray(rotbin).reshape(-1, 2)
   tr = np.asarray(rotres, np.float64).reshape(-1, 2)
@@ -108,7 +111,8 @@ def _rot_loss_oracle(rot, mask, rotbin, rotres):
   for i in range(2):
     logits = out[:, 4 * i:4 * i + 2] * m
     lse = np.log(np.exp(logits).sum(1))
-    loss += np.mean(lse - logits[np.arange(len(tb)), tb[:, i]])
+    ce = lse - logits[np.arange(len(tb)), tb[:, i]]
+    loss += (ce * m[:, 0]).sum() / max(m.sum(), 1.0) if per_object else np.mean(ce)
     idx = np.nonzero(tb[:, i])[0]
     if len(idx):
       loss += np.mean(_smooth_l1(out[idx, 4 * i + 2] - np.sin(tr[idx, i])))
@@ -281,6 +285,23 @@ def test_bin_rot_loss_matches_oracle(seed, b, m, p_mask):
   assert got == pytest.approx(_rot_loss_oracle(rot, mask, rotbin, rotres), rel=1e-5)
 
 
+@pytest.mark.parametrize('seed, p_mask', [(0, 0.5), (1, 0.0), (2, 1.0)])
+def test_bin_rot_loss_per_object_matches_oracle(seed, p_mask):
+  rng = np.random.default_rng(seed)
+  rot = rng.normal(0, 2, (2, 6, 8)).astype(np.float32)
+  mask = (rng.uniform(size=(2, 6)) < p_mask).astype(np.float32)
+  rotbin, rotres = (np.asarray(v) for v in ddd.rotation_bins(
+      jnp.asarray(rng.uniform(-np.pi, np.pi, (2, 6)), jnp.float32)))
+  rotbin = rotbin * mask[..., None].astype(np.int32)
+  rotres = rotres * mask[..., None]
+  got = float(ddd.bin_rot_loss(jnp.asarray(rot), jnp.asarray(mask), jnp.asarray(rotbin),
+                               jnp.asarray(rotres), per_object=True))
+  want = _rot_loss_oracle(rot, mask, rotbin, rotres, per_object=True)
+  assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+  if p_mask == 0.0:
+    assert got == 0.0  # no object: nothing to learn, not 2 ln 2
+
+
 def test_bin_rot_loss_without_objects_is_two_ln_two():
   rot = np.random.default_rng(0).normal(0, 5, (2, 7, 8)).astype(np.float32)
   zeros = np.zeros((2, 7), np.float32)
@@ -289,9 +310,10 @@ def test_bin_rot_loss_without_objects_is_two_ln_two():
   assert got == pytest.approx(2 * math.log(2), rel=1e-6)
 
 
-@pytest.mark.parametrize('seed, num_stacks, drop', [(0, 1, ()), (1, 2, ()), (2, 1, ('wh',)),
-                                                    (3, 2, ('reg', 'wh'))])
-def test_loss_matches_oracle(seed, num_stacks, drop):
+@pytest.mark.parametrize('seed, num_stacks, drop, per_object', [
+    (0, 1, (), False), (1, 2, (), False), (2, 1, ('wh',), False), (3, 2, ('reg', 'wh'), False),
+    (4, 1, (), True), (5, 2, ('wh',), True)])
+def test_loss_matches_oracle(seed, num_stacks, drop, per_object):
   rng = np.random.default_rng(seed)
   b, m, c, h, w = 2, 6, 3, 8, 10
   args = _random_objects(rng, b, m, h, w)
@@ -302,18 +324,21 @@ def test_loss_matches_oracle(seed, num_stacks, drop):
            if k not in drop} for _ in range(num_stacks)]
   weights = {'hm_weight': 1.3, 'dep_weight': 0.7, 'dim_weight': 1.1, 'rot_weight': 0.9,
              'wh_weight': 0.1, 'off_weight': 0.8}
-  total, parts = jax.jit(functools.partial(ddd.ddd_loss, **weights))(outs, tgt)
+  total, parts = jax.jit(functools.partial(ddd.ddd_loss, **weights, per_object=per_object))(
+      outs, tgt)
   want = dict.fromkeys(('hm', 'dep', 'dim', 'rot', 'wh', 'off'), 0.0)
   for o in outs:
     want['hm'] += _focal_oracle(o['hm'], tgt['hm']) / num_stacks
     want['dep'] += _l1_oracle(_depth_oracle(o['dep']), tgt['ind'], tgt['reg_mask'],
-                              tgt['dep']) / num_stacks
-    want['dim'] += _l1_oracle(o['dim'], tgt['ind'], tgt['reg_mask'], tgt['dim']) / num_stacks
+                              tgt['dep'], per_object) / num_stacks
+    want['dim'] += _l1_oracle(o['dim'], tgt['ind'], tgt['reg_mask'], tgt['dim'],
+                              per_object) / num_stacks
     want['rot'] += _rot_loss_oracle(_gather_oracle(o['rot'], tgt['ind']), tgt['rot_mask'],
-                                    tgt['rotbin'], tgt['rotres']) / num_stacks
+                                    tgt['rotbin'], tgt['rotres'], per_object) / num_stacks
     for head, key in (('wh', 'wh'), ('reg', 'off')):
       if head in o:
-        want[key] += _l1_oracle(o[head], tgt['ind'], tgt['rot_mask'], tgt[head]) / num_stacks
+        want[key] += _l1_oracle(o[head], tgt['ind'], tgt['rot_mask'], tgt[head],
+                                per_object) / num_stacks
   for key, v in want.items():
     assert float(parts[f'{key}_loss']) == pytest.approx(v, rel=1e-4, abs=1e-7), key
   assert float(total) == pytest.approx(sum(weights[f'{k}_weight'] * v for k, v in want.items()),
