@@ -389,6 +389,19 @@ def test_output_hw_is_the_first_heads_size_for_every_arch(arch, hw):
     assert output_hw(model, *hw) == (16, 32)
 
 
+@pytest.mark.parametrize('arch,hw,ok', [('resnet_tiny', (64, 96), True),
+                                         ('resnet_tiny', (70, 100), False),
+                                         ('hourglass_tiny', (64, 128), True),
+                                         ('hourglass_tiny', (61, 125), False)])
+def test_train_output_hw_needs_an_exact_multiple_of_the_stride(arch, hw, ok):
+  model = build_model(_model_cfg(3, arch=arch))
+  if ok:
+    assert models.train_output_hw(model, *hw, 4) == (hw[0] // 4, hw[1] // 4)
+  else:
+    with pytest.raises(ValueError, match=rf'{hw[0]}x{hw[1]} input gives a .*down_ratio=4'):
+      models.train_output_hw(model, *hw, 4)
+
+
 def test_output_hw_is_cached():
   model = build_model(_model_cfg(3, arch='resnet_tiny'))
   output_hw.cache_clear()

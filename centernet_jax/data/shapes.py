@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from centernet_jax.data import generated
 
 CLASS_NAMES = ('circle', 'square', 'triangle', 'cross')
 VERSION = 1  # bump when the images change, so cached folders are regenerated
@@ -209,33 +210,16 @@ def generate(out_dir: str, num_train: int = 600, num_val: int = 100, image_size:
 def ensure(out_dir: str, num_train: int, num_val: int, image_size: int, seed: int) -> dict:
   """Generates the data set into ``out_dir`` unless it is already there; returns the paths.
 
-  The folder is written under a temporary name and renamed, so an interrupted run or several
-  processes racing leave either nothing or a complete folder. A folder made with other
-  parameters is an error (it is never overwritten).
+  :func:`centernet_jax.data.generated.ensure`: atomic, and a folder made with other parameters
+  is an error (it is never overwritten).
   """
   meta = {'version': VERSION, 'num_train': num_train, 'num_val': num_val,
           'image_size': image_size, 'seed': seed}
-  meta_file = os.path.join(out_dir, 'meta.json')
-  if os.path.isdir(out_dir) and not os.listdir(out_dir):
-    os.rmdir(out_dir)  # an empty folder made beforehand: fill it
-  if not os.path.exists(out_dir):
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = f'{os.path.abspath(out_dir)}.tmp-{os.getpid()}'
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    generate(tmp, **{k: v for k, v in meta.items() if k != 'version'})
-    try:
-      os.rename(tmp, out_dir)
-    except OSError:  # another process finished first
-      shutil.rmtree(tmp, ignore_errors=True)
-  if os.path.isfile(meta_file):
-    with open(meta_file) as f:
-      found = json.load(f)
-    if found != meta:
-      raise ValueError(f'{out_dir} holds a shapes data set made with {found}, not {meta}; '
-                       'delete it or set config.data.shapes_dir to another folder')
+  generated.ensure(out_dir, meta,
+                   lambda d: generate(d, **{k: v for k, v in meta.items() if k != 'version'}),
+                   'shapes', require_meta=False)
   return paths(out_dir)
+
 
 
 def main(argv: list[str] | None = None) -> None:

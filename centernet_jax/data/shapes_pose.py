@@ -30,12 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from centernet_jax.data import shapes
+from centernet_jax.data import generated, shapes
 from centernet_jax.keypoints import COCO_KEYPOINT_NAMES, COCO_SKELETON
 
 VERSION = 1  # bump when the images change, so cached folders are regenerated
@@ -270,33 +269,13 @@ def _meta(num_train: int, num_val: int, image_size: int, seed: int) -> dict:
 def ensure(out_dir: str, num_train: int, num_val: int, image_size: int, seed: int) -> dict:
   """Generates the data set into ``out_dir`` unless it is already there; returns the paths.
 
-  Written under a temporary name and renamed, so an interrupted run or racing processes leave
-  either nothing or a complete folder. A folder made with other parameters (or another data
-  set) is an error: it is never overwritten.
+  :func:`centernet_jax.data.generated.ensure`: atomic, and a folder made with other parameters
+  (or another data set) is an error: it is never overwritten.
   """
-  meta = _meta(num_train, num_val, image_size, seed)
-  if os.path.isdir(out_dir) and not os.listdir(out_dir):
-    os.rmdir(out_dir)  # an empty folder made beforehand: fill it
-  if not os.path.exists(out_dir):
-    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
-    tmp = f'{os.path.abspath(out_dir)}.tmp-{os.getpid()}'
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    generate(tmp, num_train, num_val, image_size, seed)
-    try:
-      os.rename(tmp, out_dir)
-    except OSError:  # another process finished first
-      shutil.rmtree(tmp, ignore_errors=True)
-  meta_file = os.path.join(out_dir, 'meta.json')
-  found = None
-  if os.path.isfile(meta_file):
-    with open(meta_file) as f:
-      found = json.load(f)
-  if found != meta:
-    raise ValueError(f'{out_dir} holds {found or "no shapes_pose data set"}, not a shapes_pose '
-                     f'data set made with {meta}; delete it or set config.data.shapes_dir to '
-                     'another folder')
+  generated.ensure(out_dir, _meta(num_train, num_val, image_size, seed),
+                   lambda d: generate(d, num_train, num_val, image_size, seed), 'shapes_pose')
   return paths(out_dir)
+
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -144,10 +144,23 @@ class Source(abc.ABC):
     return None
 
 
+class FileSource(Source):
+  """A source whose examples are image files: ``tables()['paths']`` [N] tf.string by index."""
+
+  @abc.abstractmethod
+  def tables(self) -> dict:
+    """The records as tf constants, with at least ``paths``."""
+
+  def read(self, ds, num_parallel_calls: int):
+    paths = self.tables()['paths']
+    return ds.map(lambda e: dict(e, record=tf.io.read_file(paths[e['index']])),
+                  num_parallel_calls=num_parallel_calls)
+
+
 # --- COCO-json folders (and the built-in shapes set) ---------------------------------------
 
 
-class CocoJsonSource(Source):
+class CocoJsonSource(FileSource):
   """A checked COCO instances file (:func:`coco.load_coco`) and its image files."""
   kind = 'coco_json'
 
@@ -188,11 +201,6 @@ class CocoJsonSource(Source):
         self._tables['keypoints'] = tf.constant(np.concatenate(
             [r.keypoints for r in records] + [np.zeros((0, num_joints, 3), np.float32)]))
     return self._tables
-
-  def read(self, ds, num_parallel_calls: int):
-    paths = self.tables()['paths']
-    return ds.map(lambda e: dict(e, record=tf.io.read_file(paths[e['index']])),
-                  num_parallel_calls=num_parallel_calls)
 
   def decode(self, element: dict) -> dict:
     t = self.tables()
@@ -318,7 +326,7 @@ def _object_counts(data: coco.CocoData) -> str:
 KITTI_CATEGORY_IDS = [1, 2, 3]
 
 
-class KittiSource(Source):
+class KittiSource(FileSource):
   """A checked KITTI split (:func:`kitti.load_kitti`) and its PNG images (ddd labels)."""
   kind = 'kitti'
 
@@ -353,11 +361,6 @@ class KittiSource(Source):
           'alpha': cat('alpha', (-1,), np.float32),
           'image_ids': tf.constant([r.image_id for r in records], tf.int64)}
     return self._tables
-
-  def read(self, ds, num_parallel_calls: int):
-    paths = self.tables()['paths']
-    return ds.map(lambda e: dict(e, record=tf.io.read_file(paths[e['index']])),
-                  num_parallel_calls=num_parallel_calls)
 
   def decode(self, element: dict) -> dict:
     t = self.tables()

@@ -173,5 +173,24 @@ def output_hw(model: nn.Module, height: int, width: int) -> tuple[int, int]:
   return int(first.shape[1]), int(first.shape[2])
 
 
+def train_output_hw(model: nn.Module, height: int, width: int, down_ratio: int
+                    ) -> tuple[int, int]:
+  """:func:`output_hw` of a training input, which must be exactly ``down_ratio`` x the map.
+
+  Targets are drawn at input / ``down_ratio``; an input the network does not divide exactly
+  would put them off the map's pixels, so every task's train step checks it here.
+
+  Raises:
+    ValueError: naming the sizes and ``config.model.down_ratio``.
+  """
+  out_hw = output_hw(model, height, width)
+  if (out_hw[0] * down_ratio, out_hw[1] * down_ratio) != (height, width):
+    raise ValueError(
+        f'a {height}x{width} input gives a {out_hw[0]}x{out_hw[1]} output map, not the input '
+        f'/ config.model.down_ratio={down_ratio}: train on sizes the network divides exactly')
+  return out_hw
+
+
 __all__ = ['DOWN_RATIO', 'GENERAL_KEYS', 'MODELS', 'build_model', 'check_heads', 'options',
-           'output_hw']
+           'output_hw',
+           'train_output_hw']

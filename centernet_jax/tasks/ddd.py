@@ -556,11 +556,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
     if missing:
       raise ValueError(f'a ddd batch needs {missing} (has {sorted(batch)})')
     _, height, width, _ = batch['image'].shape
-    out_hw = models.output_hw(model, height, width)
-    if (out_hw[0] * down, out_hw[1] * down) != (height, width):
-      raise ValueError(
-          f'a {height}x{width} input gives a {out_hw[0]}x{out_hw[1]} output map, not the input '
-          f'/ config.model.down_ratio={down}: train on sizes the network divides exactly')
+    out_hw = models.train_output_hw(model, height, width, down)
     return ddd_targets(batch['boxes'] / down, batch['labels'], batch['mask'], batch['depth'],
                        batch['dims'], batch['alpha'], batch['aug'], num_classes=num_classes,
                        output_hw=out_hw, min_overlap=lc.min_overlap)

@@ -294,11 +294,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
 
   def make_targets(batch):
     _, height, width, _ = batch['image'].shape
-    out_hw = models.output_hw(model, height, width)
-    if (out_hw[0] * down, out_hw[1] * down) != (height, width):
-      raise ValueError(
-          f'a {height}x{width} input gives a {out_hw[0]}x{out_hw[1]} output map, not the input '
-          f'/ config.model.down_ratio={down}: train on sizes the network divides exactly')
+    out_hw = models.train_output_hw(model, height, width, down)
     kps = batch['keypoints']
     kps = jnp.concatenate([kps[..., :2] / down, kps[..., 2:]], axis=-1)
     j = kps.shape[2]
