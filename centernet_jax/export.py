@@ -231,7 +231,10 @@ def metadata(config: ml_collections.ConfigDict, meta: dict, *, step: int, fmt: s
   data = config.data
   outputs = {k: {'dtype': str(v.dtype), 'shape': ['B', *v.shape[1:]]}
              for k, v in sorted(out_shapes.items())}
-  for key in tasks.get(config.task).POINT_KEYS:
+  task = tasks.get(config.task)
+  for key, units in getattr(task, 'OUTPUT_UNITS', {}).items():
+    outputs[key]['units'] = units
+  for key in task.POINT_KEYS:
     outputs[key]['units'] = 'x, y pairs in input-canvas pixels'
   outputs['boxes']['units'] = 'x1, y1, x2, y2 in input-canvas pixels'
   if 'valid' in outputs:

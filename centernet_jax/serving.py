@@ -85,12 +85,20 @@ class ServedModel:
     return tuple(k for k, v in sorted(self.metadata['outputs'].items())
                  if 'input-canvas pixels' in v.get('units', ''))
 
-  def to_original(self, outputs: dict, inverse_affine: np.ndarray, orig_hw) -> dict:
+  def to_original(self, outputs: dict, inverse_affine: np.ndarray, orig_hw,
+                  clip: bool | None = None) -> dict:
     """One image's outputs (no batch axis) with every :attr:`point_keys` array mapped to the
-    original image's pixels by the letterbox's inverse affine and clipped to it."""
+    original image's pixels by the letterbox's inverse affine.
+
+    ``clip``: clip the points to the image. Default as predict: yes, except for ddd, whose 3D
+    post-process (``centernet_jax.tasks.ddd.objects_3d``) takes the unclipped centres, as the
+    official ``ddd_post_process_2d``.
+    """
+    if clip is None:
+      clip = self.metadata.get('task') != 'ddd'
     out = dict(outputs)
     for key in self.point_keys:
-      out[key] = points_to_original(out[key], inverse_affine, orig_hw)
+      out[key] = points_to_original(out[key], inverse_affine, orig_hw if clip else None)
     return out
 
 

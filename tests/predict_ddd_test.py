@@ -20,9 +20,11 @@ from centernet_jax import (
   boxes,
   checkpoint,
   config_lib,
+  export,
   inference,
   models,
   predict,
+  serving,
   state,
   tasks,
 )
@@ -350,3 +352,53 @@ def test_boxes_3d_are_projected_and_boxes_behind_the_camera_skipped():
   assert both.shape == (200, 600, 3)
   np.testing.assert_array_equal(both[:120, :400], drawn)
   assert not both[120:, :400].any()  # padded below the image
+
+
+@pytest.mark.parametrize('fmt', export.FORMATS)
+def test_export_serves_what_objects_3d_takes(fmt, workdir, detector, tmp_path):
+  """A served ddd model's outputs, mapped back unclipped (served.to_original's ddd default) and
+  through the task's 3D post-process with the image's camera, are predict's 3D boxes."""
+  info = export.run(_config(), workdir, fmt, str(tmp_path))
+  served = serving.load(str(tmp_path))
+  K = info['K']
+  assert set(info['outputs']) == {'boxes', 'centers', 'wh', 'scores', 'classes', 'rot', 'depth',
+                                  'dims'}
+  assert info['outputs']['rot']['shape'] == ['B', K, 8]
+  assert info['outputs']['depth']['units'].startswith('metres')
+  assert info['outputs']['centers']['units'] == 'x, y pairs in input-canvas pixels'
+  assert served.point_keys == ('boxes', 'centers', 'wh') and info['task'] == 'ddd'
+
+  image = _image()
+  canvas, inverse = serving.letterbox(image, HW, info['eval_mode'])
+  out = served(np.stack([canvas, canvas]))
+  np.testing.assert_array_equal(out['depth'][0], out['depth'][1])
+  one = served.to_original({k: v[0] for k, v in out.items()}, inverse, image.shape[:2])
+  got = ddd.objects_3d(one, P2)
+  want = detector([image], score_threshold=0.0, calib=P2)[0]
+  order = np.argsort(-got['scores'], kind='stable')
+  np.testing.assert_allclose(got['scores'][order], [d['score'] for d in want], atol=1e-6)
+  for key, ref in (('locations', 'location'), ('rotation_y', 'rotation_y'),
+                   ('dims', 'dimensions'), ('boxes', 'bbox_xyxy')):
+    np.testing.assert_allclose(got[key][order], [d[ref] for d in want], rtol=1e-4, atol=1e-3)
+  # Clipping the centres to the image (the other tasks' default) would move the 3D boxes whose
+  # centre lies in the canvas padding; the ddd default leaves them as the evaluation does.
+  unclipped = served.to_original({k: v[0] for k, v in out.items()}, inverse, image.shape[:2],
+                                 clip=False)
+  np.testing.assert_array_equal(unclipped['centers'], one['centers'])
+
+
+@pytest.mark.parametrize('arch,depth,hw', [('dla', 34, (384, 1280)), ('resnet', 18, (128, 384))])
+def test_full_size_ddd_model_exports_by_shape(arch, depth, hw):
+  """The official-size models behind configs/ddd_dla34_kitti.py and shapes_ddd.py: the serving
+  function's outputs at their canvas, by eval_shape (no compute)."""
+  c = _config()
+  c.model.arch, c.model.depth, c.model.head_conv = arch, depth, 256 if arch == 'dla' else 64
+  c = tasks.resolve_config(c, 3)
+  model = build_model(c.model)
+  serve = export.make_serving_fn(c, model, height=hw[0], width=hw[1])
+  variables = inference.abstract_variables(model, hw)
+  out = jax.eval_shape(serve, variables, jax.ShapeDtypeStruct((2, *hw, 3), np.uint8))
+  K = c.eval.K
+  assert {k: v.shape for k, v in out.items()} == {
+      'boxes': (2, K, 4), 'centers': (2, K, 2), 'wh': (2, K, 2), 'scores': (2, K),
+      'classes': (2, K), 'rot': (2, K, 8), 'depth': (2, K), 'dims': (2, K, 3)}

@@ -14,6 +14,8 @@ defines
   evaluate(gt, results, image_ids, config, log) -> metrics          the task's metrics
   write_results(gt, results, image_ids, config, out_dir) (optional) extra result files (ddd:
                                         the KITTI label-format files of eval/step_<N>/kitti/)
+  OUTPUT_UNITS (optional)               {output: units} of detection arrays other than
+                                        POINT_KEYS, for export.json (ddd: depth, dims, rot)
 
 Adding a task is one new module and one line in ``TASKS``; the training loop, evaluation,
 export and conversion call these names only.

@@ -37,6 +37,13 @@ NAME = 'ddd'
 # size, mapped like a point only for the official 2D box (``eval.ddd_official_2d_box``).
 POINT_KEYS = ('boxes', 'centers', 'wh')
 CLASS_NAMES = kitti_data.CLASS_NAMES  # official KITTI class channels 0, 1, 2
+# Units of the other served outputs (export.json): a served model gives what objects_3d takes.
+OUTPUT_UNITS = {
+    'depth': 'metres, camera z of the object centre',
+    'dims': 'h, w, l in metres',
+    'rot': 'raw orientation bins (2 x [logit, logit, sin, cos]); '
+           'centernet_jax.tasks.ddd.objects_3d turns them into alpha and rotation_y',
+}
 IGNORE_ALL, IGNORE_PEDESTRIAN, IGNORE_CAR, SKIP = -1, -2, -3, -99  # official label codes
 IGNORE_PEAK = 0.9999  # official value at an ignored object's centre (never a positive)
 DEPTH_EPS = 1e-6  # official depth transform 1 / (sigmoid(x) + 1e-6) - 1
