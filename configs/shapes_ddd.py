@@ -10,7 +10,9 @@ official ddd (heads hm, dep, rot, dim, wh, reg; targets, losses, decoding and 3D
 the recipe is the shapes demo's (ResNet-18 with lateral neck skips, Adam, warm-up and cosine
 decay). The evaluation is the KITTI benchmark with its minimum box heights scaled to the image
 (``eval.kitti_min_height_scale`` = 384 / 1242), so easy / moderate / hard select the same depths
-as on KITTI. experiments/ddd.md has the measured curve and what was tried.
+as on KITTI, with CenterNet's minimum overlaps (``eval.kitti_overlaps='centernet'``; the
+devkit's: ``--config.eval.kitti_overlaps=devkit``). experiments/ddd.md has the measured curve,
+what limits it and what was tried.
 """
 
 from centernet_jax import config_lib
@@ -21,11 +23,13 @@ HW = (128, 384)
 
 def get_config(arg=None):
   del arg
-  c = config_lib.shapes_cpu_config(task='ddd', num_steps=1300, warmup_steps=50, eval_every=325)
+  c = config_lib.shapes_cpu_config(task='ddd', num_steps=1600, warmup_steps=50, eval_every=400)
   c.data.source = 'shapes_ddd'
   c.data.shapes_ddd_hw = HW
-  c.data.shapes_num_train = 300
-  c.data.shapes_num_val = 50
+  # 1000 images (1600 x 8 images seen: 13 epochs). With 300 images (and the v1 set's fainter
+  # heading cue) the orientation was memorised, not learned (experiments/ddd.md, run C vs D).
+  c.data.shapes_num_train = 1000
+  c.data.shapes_num_val = 100
   # Half the image's size (as the shapes demo's 96 px for 128 px images): 2.6x the steps of the
   # full 128 x 384 in the same time on a CPU. fit_width scales every image to this canvas.
   c.data.input_hw = (HW[0] // 2, HW[1] // 2)
@@ -51,4 +55,8 @@ def get_config(arg=None):
   c.train.batch_size = 8
   c.eval.batch_size = 10
   c.eval.kitti_min_height_scale = shapes_ddd.pixel_scale(HW[1])
+  # CenterNet's offline tool (Car 0.5 in BEV and 3D), the table of the official ddd numbers.
+  # With the devkit's 0.7 even perfect heads score only 0.45 3D AP here: the official decoding
+  # puts the 3D centre on the 2D box centre (experiments/ddd.md, "upper bound").
+  c.eval.kitti_overlaps = 'centernet'
   return c
