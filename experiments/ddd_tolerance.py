@@ -32,23 +32,25 @@ DEPTH_SD = (0.0, 0.02, 0.04, 0.06, 0.08)
 ROT_SD = (0.0, 0.1, 0.2, 0.3)
 
 
+def _cars(gt: dict, detect) -> dict:
+  """image id -> [detect(car)] for the ground-truth cars of ``gt``, in file order."""
+  return {image_id: [detect(o) for o in objects if o['type'] == 'Car']
+          for image_id, objects in gt.items()}
+
+
 def perturbed(gt: dict, rng: np.random.Generator, depth_sd: float, rot_sd: float,
               dim_sd: float) -> dict:
   """Detections: the ground-truth cars of ``gt`` with the errors drawn from ``rng``."""
-  dets = {}
-  for image_id, objects in gt.items():
-    out = []
-    for o in objects:
-      if o['type'] != 'Car':
-        continue
-      loc = np.asarray(o['location'], float)
-      loc = loc * (1 + rng.normal(0, depth_sd))  # along the viewing ray (the camera is at 0)
-      out.append(dict(o, location=loc.tolist(),
-                      rotation_y=float(o['rotation_y'] + rng.normal(0, rot_sd)),
-                      dimensions=(np.asarray(o['dimensions']) + rng.normal(0, dim_sd, 3)).tolist(),
-                      score=float(rng.uniform(0.5, 1.0))))
-    dets[image_id] = out
-  return dets
+
+  def detect(o):
+    loc = np.asarray(o['location'], float)
+    loc = loc * (1 + rng.normal(0, depth_sd))  # along the viewing ray (the camera is at 0)
+    return dict(o, location=loc.tolist(),
+                rotation_y=float(o['rotation_y'] + rng.normal(0, rot_sd)),
+                dimensions=(np.asarray(o['dimensions']) + rng.normal(0, dim_sd, 3)).tolist(),
+                score=float(rng.uniform(0.5, 1.0)))
+
+  return _cars(gt, detect)
 
 
 def official_decoding(gt: dict, calibs: dict, rng: np.random.Generator) -> dict:
@@ -58,17 +60,16 @@ def official_decoding(gt: dict, calibs: dict, rng: np.random.Generator) -> dict:
   """
   dets = {}
   for image_id, objects in gt.items():
-    out = []
-    for o in objects:
-      if o['type'] != 'Car':
-        continue
+
+    def detect(o, calib=calibs[image_id]):
       x1, y1, x2, y2 = o['bbox']
       loc, rot_y = ddd.locate(np.float32([[(x1 + x2) / 2, (y1 + y2) / 2]]),
                               np.float32([o['location'][2]]), np.float32([o['dimensions']]),
-                              np.float32([o['alpha']]), calibs[image_id])
-      out.append(dict(o, location=loc[0].tolist(), rotation_y=float(rot_y[0]),
-                      score=float(rng.uniform(0.5, 1.0))))
-    dets[image_id] = out
+                              np.float32([o['alpha']]), calib)
+      return dict(o, location=loc[0].tolist(), rotation_y=float(rot_y[0]),
+                  score=float(rng.uniform(0.5, 1.0)))
+
+    dets.update(_cars({image_id: objects}, detect))
   return dets
 
 
