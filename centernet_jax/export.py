@@ -108,7 +108,8 @@ def make_serving_fn(config: ml_collections.ConfigDict, model, *, height: int, wi
                                    channel_order=data.channel_order)
     out = dict(predict(variables, images))  # 'valid' after soft-NMS: fewer than K may survive
     for key in task.POINT_KEYS:
-      out[key] = out[key] * jnp.tile(stride, out[key].shape[-1] // 2)
+      if key in out:  # a task's optional point arrays (ddd's centers3d) come with their head
+        out[key] = out[key] * jnp.tile(stride, out[key].shape[-1] // 2)
     out['classes'] = out['classes'].astype(jnp.int32)
     return out
 
@@ -235,7 +236,8 @@ def metadata(config: ml_collections.ConfigDict, meta: dict, *, step: int, fmt: s
   for key, units in getattr(task, 'OUTPUT_UNITS', {}).items():
     outputs[key]['units'] = units
   for key in task.POINT_KEYS:
-    outputs[key]['units'] = 'x, y pairs in input-canvas pixels'
+    if key in outputs:
+      outputs[key]['units'] = 'x, y pairs in input-canvas pixels'
   outputs['boxes']['units'] = 'x1, y1, x2, y2 in input-canvas pixels'
   if 'valid' in outputs:
     outputs['valid']['units'] = 'False: no detection (score 0)'

@@ -213,6 +213,8 @@ def to_original(dets: dict, batch: dict, stride: Sequence[float], point_keys: Se
   out = dict(dets)
   factor = np.asarray(stride, np.float32)
   for key in point_keys:
+    if key not in dets:  # an optional point array whose head the model lacks
+      continue
     points = np.asarray(dets[key], np.float32)
     on_canvas = (points.reshape(points.shape[:-1] + (-1, 2)) * factor).reshape(points.shape)
     mapped = []

@@ -120,6 +120,7 @@ def test_batch_keys_shapes_and_dtypes(kitti_set):
           'labels': ((2, m), np.int32), 'mask': ((2, m), np.float32),
           'depth': ((2, m), np.float32), 'dims': ((2, m, 3), np.float32),
           'alpha': ((2, m), np.float32), 'aug': ((2,), np.float32),
+          'center3d': ((2, m, 2), np.float32),
           'image_id': ((2,), np.int64), 'skipped': ((2,), bool),
           'dropped_objects': ((2,), np.int32)}
   for key, (shape, dtype) in want.items():
@@ -162,6 +163,16 @@ def test_boxes_and_depth_follow_the_official_affine(kitti_set, aug):
     want = np.stack([box_oracle(rec.boxes[j], trans) for j in range(k)])
     np.testing.assert_allclose(b['boxes'][i, :k], want, rtol=1e-5, atol=2e-3)
     np.testing.assert_allclose(b['depth'][i, :k], rec.depth[:k])
+    # The projected 3D centre: P2 @ (location - (0, h / 2, 0)), then the same affine.
+    for j in range(k):
+      if rec.locations[j, 2] > 0.1:
+        middle = rec.locations[j] - [0.0, rec.dims[j, 0] / 2, 0.0]
+        hom = rec.calib[:, :3] @ middle + rec.calib[:, 3]
+        uv = trans[:, :2] @ (hom[:2] / hom[2]) + trans[:, 2]
+        np.testing.assert_allclose(b['center3d'][i, j], uv, rtol=1e-5, atol=2e-3)
+      else:  # DontCare: the 2D box centre
+        np.testing.assert_allclose(b['center3d'][i, j], (want[j, :2] + want[j, 2:]) / 2,
+                                   rtol=1e-5, atol=2e-3)
     assert b['aug'][i] == float(aug == 1.0)
   if aug:
     assert not np.allclose(b['boxes'][0, :1], affine_oracle(HW, HW)[:, 2][None, :1])

@@ -518,3 +518,18 @@ def test_ensure_generates_once_and_refuses_other_parameters(tmp_path):
   assert os.path.getmtime(paths['train_split']) == stamp
   with pytest.raises(ValueError, match='made with'):
     shapes_ddd.ensure(out, **dict(params, seed=2))
+
+
+def test_record_center3d_projects_the_box_middle_and_falls_back_to_the_2d_centre():
+  p2 = shapes_ddd.camera_p2(384, 128).astype(np.float32)
+  rec = kitti.KittiRecord(
+      image_id=0, file_name='000000.png', path='', width=384, height=128, calib=p2,
+      types=['Car', 'DontCare'], boxes=np.float32([[100, 50, 140, 80], [10, 20, 30, 60]]),
+      labels=np.int32([1, -1]), alpha=np.float32([0.2, -10]),
+      dims=np.float32([[1.5, 1.6, 3.9], [-1, -1, -1]]),
+      locations=np.float32([[2.0, 1.65, 15.0], [-1000, -1000, -1000]]),
+      rotation_y=np.float32([0.3, -10]), truncated=np.float32([0, -1]),
+      occluded=np.int32([0, -1]))
+  hom = p2 @ np.array([2.0, 1.65 - 0.75, 15.0, 1.0])
+  np.testing.assert_allclose(rec.center3d, [hom[:2] / hom[2], [20.0, 40.0]], rtol=1e-5)
+  assert rec.center3d.dtype == np.float32

@@ -322,6 +322,19 @@ class KittiRecord:
     """[N] float32 location z (the depth target)."""
     return self.locations[:, 2]
 
+  @property
+  def center3d(self) -> np.ndarray:
+    """[N, 2] float32 pixels where the 3D box's middle projects (the ``loss.amodel_offset``
+    target); the 2D box centre for objects without a 3D box in front of the camera
+    (DontCare, z <= 0.1)."""
+    middle = self.locations - np.stack([np.zeros_like(self.dims[:, 0]), self.dims[:, 0] / 2,
+                                        np.zeros_like(self.dims[:, 0])], -1)
+    box_centre = (self.boxes[:, :2] + self.boxes[:, 2:]) / 2
+    in_front = middle[:, 2] > 0.1
+    safe = np.where(in_front[:, None], middle, [0.0, 0.0, 1.0])
+    return np.where(in_front[:, None], project(safe, self.calib),
+                    box_centre).astype(np.float32).reshape(-1, 2)
+
   def objects(self) -> list[dict]:
     """The objects in the evaluation form (:func:`parse_label_line`'s dicts).
 

@@ -206,7 +206,7 @@ def _train_dataset(data_cfg, source: sources.Source, *, global_batch, local_batc
     ex = source.decode(element)
     out = transforms.ddd_train_transform(ex['image'], ex['boxes'], ex['labels'], ex['depth'],
                                          ex['dims'], ex['alpha'], element['aug_seed'],
-                                         **_ddd_kwargs(data_cfg))
+                                         center3d=ex['center3d'], **_ddd_kwargs(data_cfg))
     out['image_id'] = ex['image_id']
     out[errors.POSITION] = element[errors.POSITION]
     return out
@@ -323,8 +323,9 @@ def create_train_iterator(data_cfg, *, info: DatasetInfo, global_batch_size: int
     ``data.max_objs`` left out; 0 on skipped rows);
     KITTI sources (the ddd task; image [b, h, w, 3] on the ``data.input_hw`` canvas): labels
     are the official codes (``kitti.CLASS_CODES``), objects the first M of each label file in
-    file order, and also depth [b, M], dims [b, M, 3] (h, w, l), alpha [b, M] float32 and
-    aug [b] float32 (1: the image was scaled / shifted: ``data.ddd_aug``);
+    file order, and also depth [b, M], dims [b, M, 3] (h, w, l), alpha [b, M] float32,
+    center3d [b, M, 2] (the projected 3D centre in input pixels) and aug [b] float32 (1: the
+    image was scaled / shifted: ``data.ddd_aug``);
     with ``data.num_joints`` = J
     also keypoints [b, M, J, 3] float32 (x, y in input pixels through the boxes' affine and
     flip with ``data.flip_pairs`` swapped, v the file's visibility 0 / 1 / 2; rows as boxes',

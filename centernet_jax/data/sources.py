@@ -26,7 +26,8 @@ pixels, labels [N] int32 contiguous, iscrowd [N] bool, image_id [] int64; with p
 (``config.data.num_joints`` set, COCO-json sources only) also keypoints [N, J, 3] float32
 (x, y pixels, visibility v in {0, 1, 2}). KITTI sources: labels are the official codes
 (``kitti.CLASS_CODES``, negative for ignored and skipped types), every object of the label file
-in file order, iscrowd all False, and also depth [N], dims [N, 3] (h, w, l) and alpha [N].
+in file order, iscrowd all False, and also depth [N], dims [N, 3] (h, w, l), alpha [N] and
+center3d [N, 2] (pixels where the 3D box's middle projects).
 """
 
 from __future__ import annotations
@@ -343,7 +344,8 @@ class KittiSource(FileSource):
 
   def tables(self) -> dict:
     """The records as tf constants (built on first use): paths [N], object offsets [N + 1],
-    boxes [M, 4], labels [M], depth [M], dims [M, 3], alpha [M], image ids [N]."""
+    boxes [M, 4], labels [M], depth [M], dims [M, 3], alpha [M], center3d [M, 2] (the projected
+    3D centre), image ids [N]."""
     if self._tables is None:
       records = self.kitti_data.records
       counts = [len(r.labels) for r in records]
@@ -359,6 +361,7 @@ class KittiSource(FileSource):
           'boxes': cat('boxes', (-1, 4), np.float32), 'labels': cat('labels', (-1,), np.int32),
           'depth': cat('depth', (-1,), np.float32), 'dims': cat('dims', (-1, 3), np.float32),
           'alpha': cat('alpha', (-1,), np.float32),
+          'center3d': cat('center3d', (-1, 2), np.float32),
           'image_ids': tf.constant([r.image_id for r in records], tf.int64)}
     return self._tables
 
@@ -370,7 +373,7 @@ class KittiSource(FileSource):
     return {'image': decode_image(element['record']), 'boxes': t['boxes'][lo:hi],
             'labels': labels, 'iscrowd': tf.zeros_like(labels, tf.bool),
             'depth': t['depth'][lo:hi], 'dims': t['dims'][lo:hi], 'alpha': t['alpha'][lo:hi],
-            'image_id': t['image_ids'][index]}
+            'center3d': t['center3d'][lo:hi], 'image_id': t['image_ids'][index]}
 
   def describe(self, index: int) -> str:
     rec = self.kitti_data.records[index]

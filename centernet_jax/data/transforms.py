@@ -539,7 +539,8 @@ def ddd_center_scale(seed, height, width, *, ddd_aug: float, scale: float, shift
 
 
 def ddd_train_transform(image, boxes, labels, depth, dims, alpha, seed, *,
-                        input_hw: Sequence[int], max_objs: int, ddd_aug: float = 0.5,
+                        input_hw: Sequence[int], max_objs: int, center3d=None,
+                        ddd_aug: float = 0.5,
                         scale: float = 0.4, shift: float = 0.1, channel_order: str = 'BGR',
                         mean: Sequence[float] = (0.0, 0.0, 0.0),
                         std: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
@@ -557,13 +558,15 @@ def ddd_train_transform(image, boxes, labels, depth, dims, alpha, seed, *,
     seed: [2] int64 stateless seed of this element.
     input_hw: (h, w) of the canvas (Python ints).
     max_objs: objects padded / truncated to this.
+    center3d: [N, 2] float32 pixels of the projected 3D centres, or None.
     (others: see ``data.config.data_config``.)
 
   Returns:
     dict(image [h, w, 3] float32 normalised, boxes [max_objs, 4] float32 xyxy in input pixels
     (unclipped), labels [max_objs] int32, mask [max_objs] float32, depth [max_objs],
     dims [max_objs, 3], alpha [max_objs] float32, aug [] float32 (1: scaled / shifted),
-    dropped_objects [] int32 (objects visible on the canvas beyond ``max_objs``)).
+    dropped_objects [] int32 (objects visible on the canvas beyond ``max_objs``); with
+    ``center3d``, also center3d [max_objs, 2] in input pixels (the same affine as the boxes)).
   """
   in_h, in_w = int(input_hw[0]), int(input_hw[1])
   shape = tf.shape(image)
@@ -575,7 +578,12 @@ def ddd_train_transform(image, boxes, labels, depth, dims, alpha, seed, *,
   inp.set_shape([in_h, in_w, 3])
   boxes = affine_boxes(tf.reshape(tf.cast(boxes, tf.float32), [-1, 4]), trans)
   order = object_order(boxes, max_objs, (in_h, in_w), 'first')
-  return {'image': inp, 'boxes': pad_rows(boxes, order, max_objs),
+  extra = {}
+  if center3d is not None:
+    c = tf.reshape(tf.cast(center3d, tf.float32), [-1, 2])
+    extra['center3d'] = pad_rows(affine_boxes(tf.concat([c, c], -1), trans)[:, :2], order,
+                                 max_objs)
+  return {**extra, 'image': inp, 'boxes': pad_rows(boxes, order, max_objs),
           'labels': pad_rows(tf.cast(labels, tf.int32), order, max_objs),
           'mask': tf.sequence_mask(tf.shape(order)[0], max_objs, dtype=tf.float32),
           'depth': pad_rows(tf.cast(depth, tf.float32), order, max_objs),

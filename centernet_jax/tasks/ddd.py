@@ -35,7 +35,7 @@ from centernet_jax.data import kitti as kitti_data
 NAME = 'ddd'
 # Detection arrays whose last axis holds (x, y) pairs in output-map coordinates. ``wh`` is a
 # size, mapped like a point only for the official 2D box (``eval.ddd_official_2d_box``).
-POINT_KEYS = ('boxes', 'centers', 'wh')
+POINT_KEYS = ('boxes', 'centers', 'wh', 'centers3d')  # centers3d: only with loss.amodel_offset
 CLASS_NAMES = kitti_data.CLASS_NAMES  # official KITTI class channels 0, 1, 2
 # Units of the other served outputs (export.json): a served model gives what objects_3d takes.
 OUTPUT_UNITS = {
@@ -69,6 +69,12 @@ def add_config(c: ml_collections.ConfigDict) -> None:
   c.loss.ddd_norm = 'slots'
   c.loss.reg_bbox = True  # the wh head (official --not_reg_bbox turns it off)
   c.loss.reg_offset = True  # the reg head (official --not_reg_offset)
+  # Not in the official CenterNet ddd (CenterTrack's ``amodel_offset``): a head regressing, at the
+  # 2D box centre's peak, the offset to where the 3D box's middle projects; decoding unprojects
+  # there instead of at the 2D box centre, which caps the 3D overlap of the official decoding
+  # (experiments/ddd.md). False: the official heads and decoding.
+  c.loss.amodel_offset = False
+  c.loss.amodel_offset_weight = 1.0
   c.eval.peak_thresh = 0.2  # official --peak_thresh: detections scoring above it are kept
   # Official ddd_post_process_2d maps the box size (w, h) through the inverse affine like a
   # point (translation included), so its 2D boxes are wrong; True reproduces it.
@@ -89,12 +95,15 @@ def heads(num_classes: int, config: ml_collections.ConfigDict | None = None
           ) -> tuple[tuple[str, int], ...]:
   """The official ddd heads in the official order: hm, dep, rot, dim, then wh and reg.
 
-  ``config.loss.reg_bbox`` / ``reg_offset`` (default on) keep the wh / reg heads.
+  ``config.loss.reg_bbox`` / ``reg_offset`` (default on) keep the wh / reg heads;
+  ``config.loss.amodel_offset`` (default off, not official) adds ``amodel_offset`` last.
   """
   reg_bbox = True if config is None else bool(config.loss.reg_bbox)
   reg_offset = True if config is None else bool(config.loss.reg_offset)
+  amodal = False if config is None else bool(config.loss.get('amodel_offset', False))
   out = (('hm', num_classes), ('dep', 1), ('rot', 8), ('dim', 3))
-  return out + ((('wh', 2),) if reg_bbox else ()) + ((('reg', 2),) if reg_offset else ())
+  return (out + ((('wh', 2),) if reg_bbox else ()) + ((('reg', 2),) if reg_offset else ())
+          + ((('amodel_offset', 2),) if amodal else ()))
 
 
 def _f32_neighbours(t: float) -> tuple[np.float32, np.float32]:
@@ -187,6 +196,7 @@ def ddd_targets(
     num_classes: int,
     output_hw: Sequence[int],
     min_overlap: float = 0.7,
+    center3d: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
   """Official ddd targets (``datasets/sample/ddd.py``, docs/parity.md 4.13), on device.
 
@@ -212,6 +222,8 @@ def ddd_targets(
     num_classes: C.
     output_hw: (h_out, w_out).
     min_overlap: overlap of the radius (official 0.7).
+    center3d: [B, M, 2] float32 projected 3D centres in output-map pixels, or None; given, the
+      targets add ``amodel_offset`` = center3d - ct_int (``loss.amodel_offset``, not official).
 
   Returns:
     dict hm [B, h, w, C], ind [B, M] int32, dep [B, M, 1], dim [B, M, 3], rotbin [B, M, 2]
@@ -238,7 +250,12 @@ def ddd_targets(
   rotbin, rotres = rotation_bins(alpha)
   # jnp.where (not a product) so garbage in unused rows, even NaN, cannot leak.
   aug = jnp.asarray(aug) != 0
+  extra = {}
+  if center3d is not None:
+    extra['amodel_offset'] = jnp.where(
+        pos, jnp.asarray(center3d, jnp.float32) - ct_int.astype(jnp.float32), 0.0)
   return {
+      **extra,
       'hm': hm,
       'ind': jnp.where(positive, ct_int[..., 1] * out_w + ct_int[..., 0], 0).astype(jnp.int32),
       'dep': jnp.where(pos, jnp.asarray(depth, jnp.float32)[..., None], 0.0),
@@ -320,6 +337,7 @@ def ddd_loss(
     rot_weight: float = 1.0,
     wh_weight: float = 0.1,
     off_weight: float = 1.0,
+    amodel_offset_weight: float = 1.0,
     per_object: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Official ``DddLoss``, each term averaged over stacks.
@@ -329,7 +347,8 @@ def ddd_loss(
 
   Focal loss on ``hm``; :func:`masked_l1_mean` on the transformed depth and on ``dim`` (mask
   reg_mask) and on ``wh`` and ``reg`` (mask rot_mask); :func:`bin_rot_loss` on ``rot``. A stack
-  without a ``wh`` or ``reg`` head contributes 0 to that term.
+  without a ``wh`` or ``reg`` head contributes 0 to that term. With an ``amodel_offset`` head
+  (not official) and its target, the same L1 (mask rot_mask) on it, as ``amodel_loss``.
 
   Args:
     outputs: list over stacks of {'hm', 'dep', 'rot', 'dim', 'wh' (optional), 'reg'
@@ -337,12 +356,14 @@ def ddd_loss(
     targets: :func:`ddd_targets`.
 
   Returns:
-    (total, {'hm_loss', 'dep_loss', 'dim_loss', 'rot_loss', 'wh_loss', 'off_loss', 'loss'}).
+    (total, {'hm_loss', 'dep_loss', 'dim_loss', 'rot_loss', 'wh_loss', 'off_loss', 'loss'},
+    and 'amodel_loss' with the amodel_offset head).
   """
   n = len(outputs)
   t = targets
-  parts = dict.fromkeys(('hm_loss', 'dep_loss', 'dim_loss', 'rot_loss', 'wh_loss', 'off_loss'),
-                        jnp.zeros((), jnp.float32))
+  names = ['hm_loss', 'dep_loss', 'dim_loss', 'rot_loss', 'wh_loss', 'off_loss']
+  amodal = 'amodel_offset' in t and any(o.get('amodel_offset') is not None for o in outputs)
+  parts = dict.fromkeys(names + (['amodel_loss'] if amodal else []), jnp.zeros((), jnp.float32))
   for out in outputs:
     parts['hm_loss'] += losses.focal_loss(out['hm'], t['hm']) / n
     parts['dep_loss'] += masked_l1_mean(depth_from_output(out['dep']), t['ind'], t['reg_mask'],
@@ -357,20 +378,26 @@ def ddd_loss(
     if out.get('reg') is not None:
       parts['off_loss'] += masked_l1_mean(out['reg'], t['ind'], t['rot_mask'], t['reg'],
                                           per_object) / n
+    if amodal and out.get('amodel_offset') is not None:
+      parts['amodel_loss'] += masked_l1_mean(out['amodel_offset'], t['ind'], t['rot_mask'],
+                                             t['amodel_offset'], per_object) / n
   total = (hm_weight * parts['hm_loss'] + dep_weight * parts['dep_loss']
            + dim_weight * parts['dim_loss'] + rot_weight * parts['rot_loss']
            + wh_weight * parts['wh_loss'] + off_weight * parts['off_loss'])
+  if amodal:
+    total = total + amodel_offset_weight * parts['amodel_loss']
   parts['loss'] = total
   return total, parts
 
 
 def ddd_decode(hm_prob: jax.Array, rot: jax.Array, depth: jax.Array, dim: jax.Array,
                wh: jax.Array | None = None, reg: jax.Array | None = None,
-               K: int = 100) -> dict[str, jax.Array]:
+               K: int = 100, amodel_offset: jax.Array | None = None) -> dict[str, jax.Array]:
   """Official ``ddd_decode``: top-K centre peaks and the heads gathered there.
 
   Centre = peak pixel + reg (+0.5 without a reg head); box = centre -+ wh / 2 (a point at the
-  centre without a wh head).
+  centre without a wh head). With an ``amodel_offset`` map (not official): centers3d = peak
+  pixel + amodel_offset, the projected 3D centre.
 
   Args:
     hm_prob: [B, h, w, C] probabilities; rot: [B, h, w, 8] raw; depth: [B, h, w, 1] metres
@@ -379,9 +406,14 @@ def ddd_decode(hm_prob: jax.Array, rot: jax.Array, depth: jax.Array, dim: jax.Ar
 
   Returns:
     dict centers [B, K, 2], boxes [B, K, 4] xyxy and wh [B, K, 2] in output-map coordinates,
-    scores [B, K], classes [B, K] int32, rot [B, K, 8], depth [B, K], dims [B, K, 3].
+    scores [B, K], classes [B, K] int32, rot [B, K, 8], depth [B, K], dims [B, K, 3]; and
+    centers3d [B, K, 2] with ``amodel_offset``.
   """
   scores, inds, classes, ys, xs = decode.topk(decode.peaks(hm_prob), K)
+  extra = {}
+  if amodel_offset is not None:
+    a = losses.gather_feat(amodel_offset, inds).astype(jnp.float32)
+    extra['centers3d'] = jnp.stack([xs + a[..., 0], ys + a[..., 1]], axis=-1)
   if reg is not None:
     off = losses.gather_feat(reg, inds).astype(jnp.float32)
     xs, ys = xs + off[..., 0], ys + off[..., 1]
@@ -391,6 +423,7 @@ def ddd_decode(hm_prob: jax.Array, rot: jax.Array, depth: jax.Array, dim: jax.Ar
           else jnp.zeros(xs.shape + (2,), jnp.float32))
   half_w, half_h = size[..., 0] / 2, size[..., 1] / 2
   return {
+      **extra,
       'centers': jnp.stack([xs, ys], axis=-1),
       'boxes': jnp.stack([xs - half_w, ys - half_h, xs + half_w, ys + half_h], axis=-1),
       'wh': size,
@@ -499,7 +532,8 @@ def objects_3d(dets: Mapping[str, np.ndarray], calib: np.ndarray, *,
   """
   dims = np.asarray(dets['dims'], np.float32)
   alpha = alpha_from_rot(dets['rot'])
-  locations, rotation_y = locate(dets['centers'], dets['depth'], dims, alpha, calib)
+  locations, rotation_y = locate(dets.get('centers3d', dets['centers']), dets['depth'], dims,
+                                 alpha, calib)
   return {'classes': np.asarray(dets['classes'], np.int32),
           'scores': np.asarray(dets['scores'], np.float32), 'alpha': alpha,
           'boxes': _boxes_2d(dets, official_2d_box), 'dims': dims, 'locations': locations,
@@ -557,6 +591,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
   num_classes = config.model.num_classes
   down = config.model.down_ratio
   lc = config.loss
+  amodal = bool(lc.amodel_offset)
 
   def make_targets(batch):
     missing = [k for k in BATCH_KEYS if k not in batch]
@@ -564,14 +599,21 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
       raise ValueError(f'a ddd batch needs {missing} (has {sorted(batch)})')
     _, height, width, _ = batch['image'].shape
     out_hw = models.train_output_hw(model, height, width, down)
+    center3d = None
+    if amodal:
+      if 'center3d' not in batch:
+        raise ValueError('config.loss.amodel_offset needs the batch key center3d (the KITTI '
+                         f'sources give it; this batch has {sorted(batch)})')
+      center3d = batch['center3d'] / down
     return ddd_targets(batch['boxes'] / down, batch['labels'], batch['mask'], batch['depth'],
                        batch['dims'], batch['alpha'], batch['aug'], num_classes=num_classes,
-                       output_hw=out_hw, min_overlap=lc.min_overlap)
+                       output_hw=out_hw, min_overlap=lc.min_overlap, center3d=center3d)
 
   def loss(outputs, tgt):
     return ddd_loss(outputs, tgt, hm_weight=lc.hm_weight, dep_weight=lc.dep_weight,
                     dim_weight=lc.dim_weight, rot_weight=lc.rot_weight,
                     wh_weight=lc.wh_weight, off_weight=lc.off_weight,
+                    amodel_offset_weight=lc.amodel_offset_weight,
                     per_object=lc.ddd_norm == 'objects')
 
   return state.make_train_step_from_objective(model, tx, make_targets, loss,
@@ -596,9 +638,11 @@ def make_predict_fn(config: ml_collections.ConfigDict, model: nn.Module, *,
 
   def predict(variables: dict, images: jax.Array) -> dict:
     out = model.apply(variables, images, train=False)[-1]  # inference uses the last stack
-    f32 = {k: (out[k].astype(jnp.float32) if k in out else None) for k in ('wh', 'reg')}
+    f32 = {k: (out[k].astype(jnp.float32) if k in out else None)
+           for k in ('wh', 'reg', 'amodel_offset')}
     return ddd_decode(jax.nn.sigmoid(out['hm'].astype(jnp.float32)), out['rot'],
-                      depth_from_output(out['dep']), out['dim'], f32['wh'], f32['reg'], K=K)
+                      depth_from_output(out['dep']), out['dim'], f32['wh'], f32['reg'], K=K,
+                      amodel_offset=f32['amodel_offset'])
 
   return predict
 
@@ -653,6 +697,7 @@ def coco_results(dets: Mapping[str, np.ndarray], image_id: int, category_ids: Se
   scores = np.asarray(dets['scores'], np.float32)
   boxes = _boxes_2d(dets, bool(e.ddd_official_2d_box))
   alpha = alpha_from_rot(dets['rot'])
+  centers = dets.get('centers3d', dets['centers'])  # the 3D stage's centre (amodel_offset)
   out = []
   for k in np.flatnonzero(scores > e.peak_thresh):
     label = int(dets['classes'][k])
@@ -660,7 +705,7 @@ def coco_results(dets: Mapping[str, np.ndarray], image_id: int, category_ids: Se
     out.append({'image_id': int(image_id), 'category_id': int(category_ids[label]),
                 'type': CLASS_NAMES[label], 'score': float(scores[k]),
                 'bbox': [x1, y1, x2 - x1, y2 - y1],
-                'center': [float(v) for v in dets['centers'][k]], 'alpha': float(alpha[k]),
+                'center': [float(v) for v in centers[k]], 'alpha': float(alpha[k]),
                 'depth': float(dets['depth'][k]),
                 'dimensions': [float(v) for v in dets['dims'][k]]})
   return out
