@@ -151,6 +151,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count(), log_skips=False), mesh, HOST_KEYS)
   agreement = fault.StopAgreement(signals, mesh, batches)
+  in_flight = fault.InFlightLimit(2)  # a signal waits for at most 2 queued steps
 
   # --- Loop ----------------------------------------------------------------------------------
   writer = MetricWriter(workdir)
@@ -170,6 +171,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       step += 1
       batch, host = agreement.next_batch()
       train_state, metrics, stop_flags = train_step(train_state, batch, agreement.flags())
+      in_flight.add(metrics)
       input_counts.update(host)
       history.append((step, metrics, host.get('image_id', ())))
       is_last = step == total_steps

@@ -5,6 +5,7 @@ tested in multihost_test.py."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -447,3 +448,25 @@ def test_invalid_annotations_are_skipped_or_stop(smoke_config, tmp_path, caplog,
   assert sum(len(r.labels) for r in info.train_data.images) == n - 2
   assert 'has category_id 999' in caplog.text and "has 'bbox' = [1, 2, 3]" in caplog.text
   assert os.path.basename(ann_file) in caplog.text
+
+
+def test_in_flight_limit_waits_for_all_but_the_newest_steps(monkeypatch):
+  """The loop's bound on queued steps: after add(), at most ``limit`` outputs are not waited
+  for, oldest first; on the device, every earlier step has finished."""
+  slow = jax.jit(lambda x: functools.reduce(lambda a, _: jnp.tanh(a @ a), range(10), x))
+  x = jnp.full((128, 128), 0.01, jnp.float32)
+  limit = fault.InFlightLimit(1)
+  outs = []
+  for _ in range(4):
+    outs.append(slow(x))
+    limit.add({'loss': outs[-1]})
+  assert all(o.is_ready() for o in outs[:-1])
+
+  waited = []
+  monkeypatch.setattr(jax, 'block_until_ready', waited.append)
+  limit = fault.InFlightLimit(2)
+  for i in range(5):
+    limit.add(i)
+  assert waited == [0, 1, 2]
+  with pytest.raises(ValueError, match='limit must be >= 1'):
+    fault.InFlightLimit(0)
