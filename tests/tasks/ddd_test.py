@@ -560,8 +560,8 @@ def test_heads_follow_the_switches(monkeypatch):
   assert dict(ddd.heads(3, config)) == {'hm': 3, 'dep': 1, 'rot': 8, 'dim': 3}
 
 
-def test_train_step_and_predict_on_a_tiny_model(monkeypatch):
-  config = _tiny_config(monkeypatch)
+def _tiny_training(config):
+  """(model, tx, schedule, initial state, a batch of 2 images 32 x 64 with 3 slots)."""
   model = models.build_model(config.model)
   tx, schedule = optim.make_optimizer(config.optim, batch_size=2, steps_per_epoch=1,
                                       total_steps=1)
@@ -573,6 +573,12 @@ def test_train_step_and_predict_on_a_tiny_model(monkeypatch):
            'mask': np.array([[1, 1, 0]] * 2, np.float32),
            'depth': np.full((2, 3), 12.0, np.float32), 'dims': np.ones((2, 3, 3), np.float32),
            'alpha': np.full((2, 3), 0.4, np.float32), 'aug': np.array([0, 1], np.int32)}
+  return model, tx, schedule, st, batch
+
+
+def test_train_step_and_predict_on_a_tiny_model(monkeypatch):
+  config = _tiny_config(monkeypatch)
+  model, tx, schedule, st, batch = _tiny_training(config)
   step = jax.jit(ddd.make_train_step(config, model, tx, schedule))
   st, metrics = step(st, batch)
   for k in ('loss', 'hm_loss', 'dep_loss', 'dim_loss', 'rot_loss', 'wh_loss', 'off_loss'):
@@ -594,41 +600,52 @@ def test_train_step_and_predict_on_a_tiny_model(monkeypatch):
     ddd.make_merge(config)
 
 
-def test_targets_then_decode_recover_the_3d_boxes():
-  """Perfect head outputs built from the targets decode back to each object's 3D box."""
+@pytest.mark.parametrize('amodal', [False, True])
+def test_targets_then_decode_recover_the_3d_boxes(amodal):
+  """Perfect head outputs built from the targets decode back to each object's 3D box. The
+  official decoding unprojects the 2D box centre, which is not where the 3D centre projects:
+  its location is off by up to 0.2 m; with the amodel_offset head (not official) it is exact."""
   p2 = KITTI_P2 / np.float32([[8], [8], [1]])  # a 1242 / 8 wide image: output map 39 x 12 (x4)
   dims = np.array([[1.5, 1.6, 3.9], [1.8, 0.6, 0.8]], np.float32)
   loc = np.array([[-3.0, 1.65, 14.0], [2.0, 1.65, 9.0]], np.float32)
   rot_y = np.array([0.7, -2.6], np.float32)
-  corners = kitti_data.box3d_corners(dims, loc, rot_y)
-  uv = kitti_data.project(corners, p2)
+  uv = kitti_data.project(kitti_data.box3d_corners(dims, loc, rot_y), p2)
   boxes = np.concatenate([uv.min(1), uv.max(1)], -1)[None] / 4  # output-map pixels
+  middle = loc - np.stack([np.zeros(2), dims[:, 0] / 2, np.zeros(2)], -1)
+  center3d = (kitti_data.project(middle, p2) / 4).astype(np.float32)[None] if amodal else None
   alpha = np.asarray(kitti_data.alpha_from_rotation_y(rot_y, loc), np.float32)
   args = (boxes, np.array([[1, 0]], np.int32), np.ones((1, 2)), loc[None, :, 2], dims[None],
           alpha[None], np.zeros(1))
-  t = jax.tree.map(np.asarray, _targets(args, 3, 12, 40))
   h, w = 12, 40
-  maps = {'rot': np.zeros((1, h * w, 8), np.float32), 'dep': np.zeros((1, h * w, 1), np.float32),
-          'dim': np.zeros((1, h * w, 3), np.float32), 'wh': np.zeros((1, h * w, 2), np.float32),
-          'reg': np.zeros((1, h * w, 2), np.float32)}
+  t = jax.tree.map(np.asarray, ddd.ddd_targets(*(jnp.asarray(a) for a in args), num_classes=3,
+                                               output_hw=(h, w), center3d=center3d))
+  maps = {n: np.zeros((1, h * w, ch), np.float32)
+          for n, ch in (('rot', 8), ('dep', 1), ('dim', 3), ('wh', 2), ('reg', 2), ('am', 2))}
   for k, i in enumerate(t['ind'][0]):
     b1, b2 = t['rotbin'][0, k]
     r1, r2 = t['rotres'][0, k]
     maps['rot'][0, i] = [0, 4 * b1, np.sin(r1), np.cos(r1), 0, 4 * b2, np.sin(r2), np.cos(r2)]
     maps['dep'][0, i], maps['dim'][0, i] = t['dep'][0, k], t['dim'][0, k]
     maps['wh'][0, i], maps['reg'][0, i] = t['wh'][0, k], t['reg'][0, k]
+    if amodal:
+      maps['am'][0, i] = t['amodel_offset'][0, k]
   maps = {n: v.reshape(1, h, w, -1) for n, v in maps.items()}
   dets = jax.tree.map(np.asarray, ddd.ddd_decode(
-      t['hm'], maps['rot'], maps['dep'], maps['dim'], maps['wh'], maps['reg'], K=2))
-  for key in ('centers', 'boxes', 'wh'):  # output map -> image pixels (stride 4, no affine)
-    dets[key] = dets[key] * 4
+      t['hm'], maps['rot'], maps['dep'], maps['dim'], maps['wh'], maps['reg'], K=2,
+      amodel_offset=maps['am'] if amodal else None))
+  assert ('centers3d' in dets) == amodal
+  for key in ('centers', 'boxes', 'wh', 'centers3d'):  # output map -> image (stride 4)
+    if key in dets:
+      dets[key] = dets[key] * 4
   objs = ddd.ddd_post_process(dets, p2[None], peak_thresh=0.5)[0]
   order = np.argsort(objs['classes'])[::-1]  # Car (1) first, as in the inputs
   np.testing.assert_allclose(objs['boxes'][order], boxes[0] * 4, atol=1e-3)
   np.testing.assert_allclose(np.cos(objs['alpha'][order] - alpha), 1, atol=1e-5)
   np.testing.assert_allclose(objs['dims'][order], dims, atol=1e-6)
-  # The 2D box centre is not the projected 3D centre: the recovered location is approximate.
-  np.testing.assert_allclose(objs['locations'][order], loc, atol=0.2)
+  # exact with the 3D centre, up to P2's own translation along z (location z = depth - P2[2,3])
+  np.testing.assert_allclose(objs['locations'][order], loc, atol=0.01 if amodal else 0.2)
+  if not amodal:
+    assert np.abs(objs['locations'][order] - loc).max() > 0.05  # the approximation is real
   d_rot = np.angle(np.exp(1j * (objs['rotation_y'][order] - rot_y)))
   np.testing.assert_array_less(np.abs(d_rot), 0.02)
 
@@ -759,18 +776,8 @@ def test_amodel_offset_head_trains_and_predicts(monkeypatch):
   config = _amodal_config()
   assert ddd.heads(3, config)[-1] == ('amodel_offset', 2)
   assert dict(config.model.heads)['amodel_offset'] == 2
-  model = models.build_model(config.model)
-  tx, schedule = optim.make_optimizer(config.optim, batch_size=2, steps_per_epoch=1,
-                                      total_steps=1)
-  st = init_state(model, tx, jax.random.PRNGKey(0), (1, 32, 64, 3))
-  rng = np.random.default_rng(0)
-  boxes = np.array([[[8, 4, 40, 28], [30, 2, 60, 30], [0, 0, 0, 0]]] * 2, np.float32)
-  batch = {'image': rng.normal(size=(2, 32, 64, 3)).astype(np.float32), 'boxes': boxes,
-           'labels': np.array([[1, -1, 0]] * 2, np.int32),
-           'mask': np.array([[1, 1, 0]] * 2, np.float32),
-           'depth': np.full((2, 3), 12.0, np.float32), 'dims': np.ones((2, 3, 3), np.float32),
-           'alpha': np.full((2, 3), 0.4, np.float32), 'aug': np.array([0, 1], np.int32),
-           'center3d': np.full((2, 3, 2), 20.0, np.float32)}
+  model, tx, schedule, st, batch = _tiny_training(config)
+  batch['center3d'] = np.full((2, 3, 2), 20.0, np.float32)
   step = jax.jit(ddd.make_train_step(config, model, tx, schedule))
   st, metrics = step(st, batch)
   assert np.isfinite(float(metrics['amodel_loss'])) and float(metrics['amodel_loss']) > 0
@@ -780,42 +787,3 @@ def test_amodel_offset_head_trains_and_predicts(monkeypatch):
   variables = {'params': st.params, 'batch_stats': st.batch_stats}
   dets = jax.jit(ddd.make_predict_fn(config, model))(variables, batch['image'])
   assert dets['centers3d'].shape == (2, 10, 2)
-
-
-def test_with_the_3d_centre_the_decoding_recovers_the_exact_location():
-  """As test_targets_then_decode_recover_the_3d_boxes, with the offset head's perfect output:
-  the location is exact, where the official decoding is off by up to 0.2 m."""
-  p2 = KITTI_P2 / np.float32([[8], [8], [1]])
-  dims = np.array([[1.5, 1.6, 3.9], [1.8, 0.6, 0.8]], np.float32)
-  loc = np.array([[-3.0, 1.65, 14.0], [2.0, 1.65, 9.0]], np.float32)
-  rot_y = np.array([0.7, -2.6], np.float32)
-  uv = kitti_data.project(kitti_data.box3d_corners(dims, loc, rot_y), p2)
-  boxes = np.concatenate([uv.min(1), uv.max(1)], -1)[None] / 4
-  middle = loc - np.stack([np.zeros(2), dims[:, 0] / 2, np.zeros(2)], -1)
-  center3d = (kitti_data.project(middle, p2) / 4).astype(np.float32)[None]
-  alpha = np.asarray(kitti_data.alpha_from_rotation_y(rot_y, loc), np.float32)
-  args = (boxes, np.array([[1, 0]], np.int32), np.ones((1, 2)), loc[None, :, 2], dims[None],
-          alpha[None], np.zeros(1))
-  h, w = 12, 40
-  t = jax.tree.map(np.asarray, ddd.ddd_targets(*(jnp.asarray(a) for a in args), num_classes=3,
-                                               output_hw=(h, w), center3d=center3d))
-  maps = {n: np.zeros((1, h * w, ch), np.float32)
-          for n, ch in (('rot', 8), ('dep', 1), ('dim', 3), ('wh', 2), ('reg', 2), ('am', 2))}
-  for k, i in enumerate(t['ind'][0]):
-    b1, b2 = t['rotbin'][0, k]
-    r1, r2 = t['rotres'][0, k]
-    maps['rot'][0, i] = [0, 4 * b1, np.sin(r1), np.cos(r1), 0, 4 * b2, np.sin(r2), np.cos(r2)]
-    maps['dep'][0, i], maps['dim'][0, i] = t['dep'][0, k], t['dim'][0, k]
-    maps['wh'][0, i], maps['reg'][0, i] = t['wh'][0, k], t['reg'][0, k]
-    maps['am'][0, i] = t['amodel_offset'][0, k]
-  maps = {n: v.reshape(1, h, w, -1) for n, v in maps.items()}
-  dets = jax.tree.map(np.asarray, ddd.ddd_decode(
-      t['hm'], maps['rot'], maps['dep'], maps['dim'], maps['wh'], maps['reg'], K=2,
-      amodel_offset=maps['am']))
-  for key in ('centers', 'boxes', 'wh', 'centers3d'):
-    dets[key] = dets[key] * 4
-  objs = ddd.ddd_post_process(dets, p2[None], peak_thresh=0.5)[0]
-  order = np.argsort(objs['classes'])[::-1]
-  # exact up to P2's own translation along z (depth is the centre's z; location z subtracts it)
-  np.testing.assert_allclose(objs['locations'][order], loc, atol=0.01)
-  np.testing.assert_allclose(objs['boxes'][order], boxes[0] * 4, atol=1e-3)
