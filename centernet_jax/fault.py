@@ -21,12 +21,12 @@ With one process nothing here communicates.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
 import signal
 import sys
-import collections
 import threading
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
