@@ -238,6 +238,45 @@ def test_conv_transpose_matches_numpy_oracle(impl, shape):
   np.testing.assert_allclose(got, _numpy_conv_transpose(x, w_torch), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('x_shape, k_shape', [
+    ((2, 7, 6, 3), (2, 2, 3, 5)),   # the sub-pixel conv's 2x2
+    ((1, 5, 9, 4), (3, 3, 4, 2)),
+    ((3, 4, 4, 2), (1, 1, 2, 6)),
+    ((1, 3, 8, 5), (3, 2, 5, 1)),   # non-square kernel, output 1 row
+])
+def test_valid_conv_tap_grad_matches_numpy_oracle_and_autodiff(x_shape, k_shape):
+  rng = np.random.default_rng(sum(x_shape) * 31 + sum(k_shape))
+  x = rng.standard_normal(x_shape).astype(np.float32)
+  k = rng.standard_normal(k_shape).astype(np.float32)
+  kh, kw = k_shape[:2]
+  oh, ow = x_shape[1] - kh + 1, x_shape[2] - kw + 1
+  g = rng.standard_normal((x_shape[0], oh, ow, k_shape[3])).astype(np.float32)
+  # Oracle from the definition: y[n,p,q,o] = sum_{i,j,c} x[n,p+i,q+j,c] k[i,j,c,o], so
+  # dL/dk[i,j,c,o] = sum_{n,p,q} x[n,p+i,q+j,c] g[n,p,q,o] and dL/dx scatters g through k.
+  y_np = np.zeros(g.shape, np.float64)
+  dk_np = np.zeros(k_shape, np.float64)
+  dx_np = np.zeros(x_shape, np.float64)
+  for i in range(kh):
+    for j in range(kw):
+      xs = x[:, i:i + oh, j:j + ow, :].astype(np.float64)
+      y_np += xs @ k[i, j]
+      dk_np[i, j] = np.einsum('npqc,npqo->co', xs, g)
+      dx_np[:, i:i + oh, j:j + ow, :] += g @ k[i, j].T
+  f = jax.jit(jax.value_and_grad(
+      lambda x_, k_: jnp.sum(layers.valid_conv_tap_grad(x_, k_) * g), argnums=(0, 1)))
+  (val, (dx, dk)) = f(jnp.asarray(x), jnp.asarray(k))
+  np.testing.assert_allclose(val, np.sum(y_np * g), rtol=1e-4)
+  np.testing.assert_allclose(dk, dk_np, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(dx, dx_np, rtol=1e-4, atol=1e-4)
+  # bfloat16: the kernel gradient accumulates in float32 and comes back in bfloat16.
+  xb, kb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(k, jnp.bfloat16)
+  dkb = jax.grad(lambda k_: jnp.sum(layers.valid_conv_tap_grad(xb, k_).astype(jnp.float32)
+                                    * g))(kb)
+  assert dkb.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(dkb, np.float32), dk_np, rtol=3e-2,
+                             atol=3e-2 * np.abs(dk_np).max())
+
+
 def test_upconv_formulations_same_params_values_and_gradients():
   x = jax.random.normal(jax.random.key(1), (2, 6, 5, 16))
   m_sub, m_ct = layers.UpConv(8, 'subpixel'), layers.UpConv(8, 'conv_transpose')

@@ -182,6 +182,44 @@ def _conv_transpose_lax(x: jax.Array, kernel: jax.Array) -> jax.Array:
       lhs_dilation=(2, 2), dimension_numbers=_DN)
 
 
+def _valid_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=_DN)
+
+
+@jax.custom_vjp
+def valid_conv_tap_grad(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A stride-1 'VALID' conv whose kernel gradient is one matmul per tap.
+
+  Same value and gradients as :func:`lax.conv_general_dilated`; only how the kernel gradient
+  is computed differs: ``dk[i, j] = x[:, i:i + OH, j:j + OW].reshape(-1, Cin)^T @ g.reshape(-1,
+  Cout)``, accumulated in float32. XLA:CPU's own kernel gradient of the sub-pixel up-sampling
+  conv (2x2, Cin 256 -> 4 * 256) was the most expensive op of the ResNet-18 train step, 321 ms of
+  1.9 s on one core at 128 px, 21 s when compiled alone; these 4 matmuls take 66 ms
+  (experiments/cpu_benchmarks.md, "Where the step goes"). The input gradient is XLA's.
+  """
+  return _valid_conv(x, kernel)
+
+
+def _valid_conv_fwd(x, kernel):
+  return _valid_conv(x, kernel), (x, kernel)
+
+
+def _valid_conv_bwd(res, g):
+  x, kernel = res
+  kh, kw, cin, cout = kernel.shape
+  _, oh, ow, _ = g.shape
+  dx = jax.vjp(lambda x_: _valid_conv(x_, kernel), x)[1](g)[0]
+  g2 = g.reshape(-1, cout)
+  taps = [lax.dot_general(x[:, i:i + oh, j:j + ow, :].reshape(-1, cin), g2,
+                          (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+          for i in range(kh) for j in range(kw)]
+  dk = jnp.stack(taps).reshape(kh, kw, cin, cout).astype(kernel.dtype)
+  return dx, dk
+
+
+valid_conv_tap_grad.defvjp(_valid_conv_fwd, _valid_conv_bwd)
+
+
 def _conv_transpose_subpixel(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """The same maths as one 2x2 conv with 4*Cout outputs (one group per output phase).
 
@@ -192,14 +230,15 @@ def _conv_transpose_subpixel(x: jax.Array, kernel: jax.Array) -> jax.Array:
   4x4 kernel is used exactly once (no zero taps, same FLOPs as the transposed conv).
 
   The explicit jnp.pad + 'VALID' matters: with padding given to the conv instead, XLA:CPU falls
-  back to the same slow weight-gradient path as the dilated formulation.
+  back to the same slow weight-gradient path as the dilated formulation. The kernel gradient is
+  :func:`valid_conv_tap_grad`'s 4 matmuls, not XLA's.
   """
   b, h, w, cin = x.shape
   cout = kernel.shape[-1]
   kf = kernel[::-1, ::-1].reshape(2, 2, 2, 2, cin, cout)  # [u, a, v, b, Cin, Cout]
   k2 = kf.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, cin, 4 * cout)
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  y = lax.conv_general_dilated(xp, k2, (1, 1), 'VALID', dimension_numbers=_DN)
+  y = valid_conv_tap_grad(xp, k2)
   y = y.reshape(b, h + 1, w + 1, 2, 2, cout)
   rows = [jnp.stack([y[:, a:a + h, c:c + w, a, c] for c in range(2)], axis=3) for a in range(2)]
   out = jnp.stack(rows, axis=2)  # [B, H, 2 (a), W, 2 (b), Cout]
