@@ -71,9 +71,10 @@ def jax_steps(size: int, batch: int, variants: list[str], upsample: str = 'subpi
   """name -> a callable running one step of ours (state threaded through, blocking).
 
   Variants: ``jax`` (the train step as shipped), ``jax_given_targets`` (targets passed in),
-  ``jax_xla_upconv_grad`` (the up-convolution's kernel gradient left to XLA, as before
-  ``layers.valid_conv_tap_grad``), ``jax[key=value,...]`` (the shipped step compiled with
-  these XLA options).
+  ``jax_xla_conv_grad`` (every plain conv's kernel gradient left to XLA:
+  ``layers.MATMUL_GRAD_MIN_PIXELS`` out of reach), ``jax_before`` (that and the
+  up-convolution's too, as before ``layers.valid_conv_tap_grad``: the step of 2026-12-02),
+  ``jax[key=value,...]`` (the shipped step compiled with these XLA options).
   """
   import benchmark
   import jax
@@ -95,13 +96,22 @@ def jax_steps(size: int, batch: int, variants: list[str], upsample: str = 'subpi
     with benchmark._given_targets(task, 'ctdet_targets', t):  # noqa: SLF001
       return s['inner'](state, b)
 
-  def step_xla_grad(state, b):
-    saved = layers.valid_conv_tap_grad
-    layers.valid_conv_tap_grad = layers._valid_conv  # noqa: SLF001
-    try:
-      return s['inner'](state, b)
-    finally:
-      layers.valid_conv_tap_grad = saved
+  def patched(**changes):
+    """The shipped step traced with some of layers' module attributes replaced."""
+    def step(state, b):
+      saved = {k: getattr(layers, k) for k in changes}
+      for k, v in changes.items():
+        setattr(layers, k, v)
+      try:
+        return s['inner'](state, b)
+      finally:
+        for k, v in saved.items():
+          setattr(layers, k, v)
+    return step
+
+  no_matmul_conv_grad = {'MATMUL_GRAD_MIN_PIXELS': 1 << 62}
+  before = {'valid_conv_tap_grad': layers._valid_conv, **no_matmul_conv_grad}  # noqa: SLF001
+  patches = {'jax_xla_conv_grad': no_matmul_conv_grad, 'jax_before': before}
 
   copy = jax.jit(lambda x: jax.tree.map(lambda a: a + 0, x))
   fns = {}
@@ -110,8 +120,9 @@ def jax_steps(size: int, batch: int, variants: list[str], upsample: str = 'subpi
     if name == 'jax_given_targets':
       compiled = jax.jit(step_given, donate_argnums=(0,)).lower(state, s['data'], tgt).compile()
       args = (s['data'], tgt)
-    elif name == 'jax_xla_upconv_grad':
-      compiled = jax.jit(step_xla_grad, donate_argnums=(0,)).lower(state, s['data']).compile()
+    elif name in patches:
+      compiled = jax.jit(patched(**patches[name]), donate_argnums=(0,)).lower(
+          state, s['data']).compile()
       args = (s['data'],)
     elif name == 'jax' or name.startswith('jax['):
       opts = _parse_options(name[4:-1]) if name.startswith('jax[') else {}
@@ -324,7 +335,7 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
   sub.choices['compare'].add_argument('--warmup', type=int, default=2)
   sub.choices['compare'].add_argument(
       '--variants', default='pytorch,jax,jax_given_targets',
-      help='comma-separated: pytorch, jax, jax_given_targets, jax_xla_upconv_grad, '
+      help='comma-separated: pytorch, jax, jax_given_targets, jax_xla_conv_grad, jax_before, '
       'jax[xla_option=value;...] (options separated by ";"); the first is the ratios\' base')
   sub.choices['profile'].add_argument('--top', type=int, default=25)
   sub.choices['profile'].add_argument('--steps', type=int, default=3,

@@ -277,6 +277,70 @@ def test_valid_conv_tap_grad_matches_numpy_oracle_and_autodiff(x_shape, k_shape)
                              atol=3e-2 * np.abs(dk_np).max())
 
 
+@pytest.mark.parametrize('x_shape, k_shape, strides, padding', [
+    ((2, 9, 8, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1))),
+    ((1, 9, 11, 2), (3, 3, 2, 3), (2, 2), ((1, 1), (1, 1))),   # stride 2, odd sizes
+    ((2, 8, 8, 3), (7, 7, 3, 2), (2, 2), ((3, 3), (3, 3))),    # the ResNet stem
+    ((1, 6, 7, 4), (1, 1, 4, 5), (2, 1), ((0, 0), (0, 0))),    # 1x1 downsample, uneven stride
+    ((1, 5, 6, 2), (2, 3, 2, 2), (1, 2), ((0, 1), (2, 0))),    # uneven padding
+])
+def test_conv_matmul_grad_matches_numpy_oracle(x_shape, k_shape, strides, padding):
+  rng = np.random.default_rng(sum(x_shape) * 7 + sum(k_shape) + 13 * strides[0])
+  x = rng.standard_normal(x_shape).astype(np.float32)
+  k = rng.standard_normal(k_shape).astype(np.float32)
+  kh, kw = k_shape[:2]
+  xp = np.pad(x.astype(np.float64), ((0, 0), padding[0], padding[1], (0, 0)))
+  oh = (xp.shape[1] - kh) // strides[0] + 1
+  ow = (xp.shape[2] - kw) // strides[1] + 1
+  g = rng.standard_normal((x_shape[0], oh, ow, k_shape[3])).astype(np.float32)
+  # y[n,p,q,o] = sum_{i,j,c} xp[n, s0 p + i, s1 q + j, c] k[i,j,c,o]
+  y_np = np.zeros(g.shape)
+  dk_np = np.zeros(k_shape)
+  dxp = np.zeros(xp.shape)
+  for i in range(kh):
+    for j in range(kw):
+      xs = xp[:, i:i + strides[0] * (oh - 1) + 1:strides[0],
+              j:j + strides[1] * (ow - 1) + 1:strides[1], :]
+      y_np += xs @ k[i, j]
+      dk_np[i, j] = np.einsum('npqc,npqo->co', xs, g)
+      dxp[:, i:i + strides[0] * (oh - 1) + 1:strides[0],
+          j:j + strides[1] * (ow - 1) + 1:strides[1], :] += g @ k[i, j].T
+  dx_np = dxp[:, padding[0][0]:padding[0][0] + x_shape[1], padding[1][0]:padding[1][0] + x_shape[2]]
+  f = jax.jit(jax.value_and_grad(
+      lambda x_, k_: jnp.sum(layers.conv_matmul_grad(x_, k_, strides, padding) * g),
+      argnums=(0, 1)))
+  val, (dx, dk) = f(jnp.asarray(x), jnp.asarray(k))
+  np.testing.assert_allclose(val, np.sum(y_np * g), rtol=1e-4)
+  np.testing.assert_allclose(dk, dk_np, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(dx, dx_np, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_auto_uses_matmul_grad_above_the_size_and_changes_nothing(monkeypatch):
+  """layers.conv: the same values and gradients whichever kernel gradient it takes."""
+  m = layers.conv(6, 3, stride=2, use_bias=True)
+  x = jax.random.normal(jax.random.key(0), (2, 12, 10, 5))
+  v = m.init(jax.random.key(1), x)
+  g = jax.random.normal(jax.random.key(2), (2, 6, 5, 6))
+  calls = []
+  real = layers.conv_matmul_grad
+
+  def spy(*a):
+    calls.append(a[2:])
+    return real(*a)
+
+  def grads():
+    return jax.grad(lambda v_, x_: jnp.sum(m.apply(v_, x_) * g), argnums=(0, 1))(v, x)
+
+  monkeypatch.setattr(layers, 'conv_matmul_grad', spy)
+  ref = grads()  # 6 x 5 output pixels < MATMUL_GRAD_MIN_PIXELS: XLA's
+  assert not calls
+  monkeypatch.setattr(layers, 'MATMUL_GRAD_MIN_PIXELS', 30)
+  got = grads()
+  assert calls == [((2, 2), ((1, 1), (1, 1)))]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                         got, ref)
+
+
 def test_upconv_formulations_same_params_values_and_gradients():
   x = jax.random.normal(jax.random.key(1), (2, 6, 5, 16))
   m_sub, m_ct = layers.UpConv(8, 'subpixel'), layers.UpConv(8, 'conv_transpose')

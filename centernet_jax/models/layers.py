@@ -16,6 +16,7 @@ this one parameter (see :func:`conv_transpose_4x4_s2`).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -119,6 +120,87 @@ DECONV_INITS = {'normal': deconv_normal_init, 'bilinear': fill_up_init}
 # Convolutions and normalisation.
 
 
+# Convolutions whose output has at least this many pixels per image take their kernel gradient
+# from matmuls on XLA:CPU (conv_matmul_grad). Measured on one core (experiments/cpu_benchmarks.md,
+# "Side by side with PyTorch"): at 128 x 128 outputs XLA's kernel gradient of a 3x3 conv took
+# 3.7 s (256 -> 64) and 0.93 s (64 -> 64) per batch of 8, the matmuls 2.0 s and 0.53 s; at
+# 32 x 32 XLA's was as fast or faster. Other backends always use XLA's.
+MATMUL_GRAD_MIN_PIXELS = 128 * 128
+
+
+def _tap_kernel_grad(xp: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...],
+                     strides: tuple[int, int], dtype) -> jax.Array:
+  """dL/dkernel of a VALID conv of the padded ``xp``: one matmul per tap, float32 sums."""
+  kh, kw, cin, cout = kernel_shape
+  b, oh, ow, _ = g.shape
+  sh, sw = strides
+  g2 = g.reshape(-1, cout)
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      xs = lax.slice(xp, (0, i, j, 0), (b, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, cin),
+                     (1, sh, sw, 1))
+      taps.append(lax.dot_general(xs.reshape(-1, cin), g2, (((0,), (0,)), ((), ())),
+                                  preferred_element_type=jnp.float32))
+  return jnp.stack(taps).reshape(kh, kw, cin, cout).astype(dtype)
+
+
+def _conv_nhwc(x, kernel, strides, padding):
+  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_matmul_grad(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                     padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """An NHWC / HWIO conv (explicit padding) whose kernel gradient is one matmul per tap.
+
+  The value and the input gradient are XLA's (``lax.conv_general_dilated``); the kernel
+  gradient ``dk[i, j] = xpad[:, i::s, j::s][:OH, :OW].reshape(-1, Cin)^T @ g.reshape(-1,
+  Cout)`` is summed in float32. Same maths as autodiff (tests/models_test.py).
+  """
+  return _conv_nhwc(x, kernel, strides, padding)
+
+
+def _conv_matmul_grad_fwd(x, kernel, strides, padding):
+  return _conv_nhwc(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_matmul_grad_bwd(strides, padding, res, g):
+  x, kernel = res
+  dx = jax.vjp(lambda x_: _conv_nhwc(x_, kernel, strides, padding), x)[1](g)[0]
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  return dx, _tap_kernel_grad(xp, g, kernel.shape, strides, kernel.dtype)
+
+
+conv_matmul_grad.defvjp(_conv_matmul_grad_fwd, _conv_matmul_grad_bwd)
+
+
+def conv_general_dilated_auto(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                              rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                              precision=None, **kwargs):
+  """``lax.conv_general_dilated`` for ``nn.Conv``, with :func:`conv_matmul_grad` where it pays.
+
+  That is: on CPU, for a plain NHWC / HWIO conv (no dilation, one group, explicit padding)
+  whose output has at least :data:`MATMUL_GRAD_MIN_PIXELS` pixels per image. Everything else,
+  and every other backend, is ``lax.conv_general_dilated`` unchanged.
+  """
+  args = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+              dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+              precision=precision, **kwargs)
+  plain = (jax.default_backend() == 'cpu' and not kwargs and precision is None
+           and feature_group_count == 1 and lhs.ndim == 4
+           and all(d in (None, 1) for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+           and not isinstance(padding, str)
+           and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN))
+  if plain:
+    out = jax.eval_shape(lambda a, b: lax.conv_general_dilated(a, b, window_strides, padding,
+                                                               **args), lhs, rhs)
+    if out.shape[1] * out.shape[2] >= MATMUL_GRAD_MIN_PIXELS:
+      return conv_matmul_grad(lhs, rhs, tuple(window_strides),
+                              tuple(tuple(p) for p in padding))
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args)
+
+
 def conv(
     features: int,
     kernel_size: int,
@@ -147,6 +229,7 @@ def conv(
       param_dtype=jnp.float32,
       kernel_init=kernel_init,
       bias_init=bias_init,
+      conv_general_dilated=conv_general_dilated_auto,
       name=name,
   )
 
@@ -186,38 +269,15 @@ def _valid_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=_DN)
 
 
-@jax.custom_vjp
 def valid_conv_tap_grad(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """A stride-1 'VALID' conv whose kernel gradient is one matmul per tap.
+  """A stride-1 'VALID' conv whose kernel gradient is one matmul per tap (:func:`conv_matmul_grad`).
 
-  Same value and gradients as :func:`lax.conv_general_dilated`; only how the kernel gradient
-  is computed differs: ``dk[i, j] = x[:, i:i + OH, j:j + OW].reshape(-1, Cin)^T @ g.reshape(-1,
-  Cout)``, accumulated in float32. XLA:CPU's own kernel gradient of the sub-pixel up-sampling
-  conv (2x2, Cin 256 -> 4 * 256) was the most expensive op of the ResNet-18 train step, 321 ms of
-  1.9 s on one core at 128 px, 21 s when compiled alone; these 4 matmuls take 66 ms
-  (experiments/cpu_benchmarks.md, "Where the step goes"). The input gradient is XLA's.
+  XLA:CPU's own kernel gradient of the sub-pixel up-sampling conv (2x2, Cin 256 -> 4 * 256)
+  was the most expensive op of the ResNet-18 train step, 321 ms of 1.9 s on one core at
+  128 px, 21 s when compiled alone; these 4 matmuls take 66 ms (experiments/cpu_benchmarks.md,
+  "Side by side with PyTorch"). Used on every backend: 4 plain matmuls.
   """
-  return _valid_conv(x, kernel)
-
-
-def _valid_conv_fwd(x, kernel):
-  return _valid_conv(x, kernel), (x, kernel)
-
-
-def _valid_conv_bwd(res, g):
-  x, kernel = res
-  kh, kw, cin, cout = kernel.shape
-  _, oh, ow, _ = g.shape
-  dx = jax.vjp(lambda x_: _valid_conv(x_, kernel), x)[1](g)[0]
-  g2 = g.reshape(-1, cout)
-  taps = [lax.dot_general(x[:, i:i + oh, j:j + ow, :].reshape(-1, cin), g2,
-                          (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-          for i in range(kh) for j in range(kw)]
-  dk = jnp.stack(taps).reshape(kh, kw, cin, cout).astype(kernel.dtype)
-  return dx, dk
-
-
-valid_conv_tap_grad.defvjp(_valid_conv_fwd, _valid_conv_bwd)
+  return conv_matmul_grad(x, kernel, (1, 1), ((0, 0), (0, 0)))
 
 
 def _conv_transpose_subpixel(x: jax.Array, kernel: jax.Array) -> jax.Array:
