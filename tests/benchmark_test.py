@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -11,17 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT, load_experiment
+
 SMOKE = os.path.join(ROOT, 'configs', 'smoke.py')
 
 
 @pytest.fixture(scope='module')
 def bench():
-  spec = importlib.util.spec_from_file_location(
-      'benchmark', os.path.join(ROOT, 'experiments', 'benchmark.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment('benchmark', 'benchmark')
 
 
 def test_model_mode_measures_everything(bench, tmp_path):

@@ -16,13 +16,23 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 sys.path.insert(0, ROOT)  # so `configs` imports as a package-less module path
 
 
-def load_config(name: str):
-  """Loads configs/<name>.py like --config does, unlocked."""
+def _load_module(module_name: str, path: str):
   import importlib.util
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', name + '.py'))
+  spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
+
+
+def load_config(name: str):
+  """Loads configs/<name>.py like --config does, unlocked."""
+  return _load_module(name, os.path.join(ROOT, 'configs', name + '.py')).get_config()
+
+
+def load_experiment(name: str, module_name: str = ''):
+  """experiments/<name>.py as a module (the scripts are not a package)."""
+  return _load_module(module_name or f'_{name}_under_test',
+                      os.path.join(ROOT, 'experiments', name + '.py'))
 
 
 @pytest.fixture(scope='session')

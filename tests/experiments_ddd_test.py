@@ -3,22 +3,17 @@ generated shapes_ddd set: exact detections score 1, the known errors cost what t
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 
 from centernet_jax.data import kitti, shapes_ddd
-from tests.conftest import ROOT
+from tests.conftest import load_experiment
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(
-      f'_{name}_under_test', os.path.join(ROOT, 'experiments', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment(name)
 
 
 @pytest.fixture(scope='module')

@@ -3,22 +3,16 @@ the official PyTorch step it times (small, so that the script cannot rot unseen)
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import load_experiment
 
 
 @pytest.fixture(scope='module')
 def sbs():
-  spec = importlib.util.spec_from_file_location(
-      '_cpu_side_by_side_under_test', os.path.join(ROOT, 'experiments', 'cpu_side_by_side.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment('cpu_side_by_side')
 
 
 # (instruction name, HLO text as XLA:CPU prints it (trimmed), expected group)
