@@ -379,8 +379,8 @@ _CHOICES = {
     'optim.lr_steps_unit': ('epochs', 'steps'),
     'train.nonfinite_policy': ('stop', 'skip'),
     'eval.nms_method': ('gaussian', 'linear', 'hard'),  # nms.py METHODS
-    'loss.ddd_norm': ('slots', 'objects'),  # tasks/ddd.py (ddd configs only)
-    'eval.kitti_overlaps': ('devkit', 'centernet'),  # tasks/ddd.py (ddd configs only)
+    'loss.ddd_norm': ('slots', 'objects'),  # tasks/ddd (ddd configs only)
+    'eval.kitti_overlaps': ('devkit', 'centernet'),  # tasks/ddd (ddd configs only)
 }
 _POSITIVE_INTS = ('data.input_size', 'data.max_objs', 'data.eval_size', 'model.down_ratio',
                   'train.batch_size', 'train.log_every', 'train.checkpoint_every', 'eval.K',
@@ -481,6 +481,12 @@ def _check_ddd_data(config: ml_collections.ConfigDict, bad) -> None:
   shapes_hw = _get(config, 'data.shapes_ddd_hw')
   if shapes_hw is not _MISSING and not _is_pair(shapes_hw, lambda v: v > 0):
     bad('data.shapes_ddd_hw', 'a pair (h, w) of positive integers, e.g. (128, 384)')
+  crop = _get(config, 'data.ddd_crop_width')
+  if crop is not _MISSING and crop != 0:
+    canvas_w = hw[1] if _is_pair(hw, lambda v: v > 0) else _get(config, 'data.input_size')
+    if not (_is_int(crop) and 0 < crop <= canvas_w and crop % 32 == 0):
+      bad('data.ddd_crop_width', f'0 (the whole canvas) or a positive multiple of 32 no wider '
+          f'than the canvas ({canvas_w})')
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -110,7 +110,11 @@ def jax_steps(size: int, batch: int, variants: list[str], upsample: str = 'subpi
     return step
 
   no_matmul_conv_grad = {'MATMUL_GRAD_MIN_PIXELS': 1 << 62}
-  before = {'valid_conv_tap_grad': layers._valid_conv, **no_matmul_conv_grad}  # noqa: SLF001
+  def xla_valid_conv(x, kernel):  # the up-conv's conv before layers.valid_conv_tap_grad
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  before = {'valid_conv_tap_grad': xla_valid_conv, **no_matmul_conv_grad}
   patches = {'jax_xla_conv_grad': no_matmul_conv_grad, 'jax_before': before}
 
   copy = jax.jit(lambda x: jax.tree.map(lambda a: a + 0, x))

@@ -210,6 +210,31 @@ def test_no_aug_warp_is_the_fit_width_letterbox(kitti_set):
     assert diff.max() < 1.01 and (diff > 0.01).mean() < 0.05
 
 
+def test_crop_width_is_a_window_of_the_whole_canvas(kitti_set):
+  """data.ddd_crop_width: the same warp as the whole canvas, then a random window of columns."""
+  full_cfg = data_cfg(kitti_set, ddd_aug=0.0)
+  crop_cfg = data_cfg(kitti_set, ddd_aug=0.0, ddd_crop_width=96)
+  offsets = set()
+  for seed in range(6):
+    _, full = first_batch(full_cfg, batch=2, seed=seed)
+    _, crop = first_batch(crop_cfg, batch=2, seed=seed)
+    assert crop['image'].shape == (2, HW[0], 96, 3)
+    np.testing.assert_array_equal(crop['image_id'], full['image_id'])
+    for i in range(2):
+      # The window's offset: where the crop's pixels sit in the whole canvas.
+      errs = [np.abs(full['image'][i, :, x:x + 96] - crop['image'][i]).max()
+              for x in range(HW[1] - 96 + 1)]
+      x0 = int(np.argmin(errs))
+      assert errs[x0] < 1e-5
+      offsets.add(x0)
+      real = full['mask'][i] > 0
+      np.testing.assert_allclose(crop['boxes'][i][real], full['boxes'][i][real] - [x0, 0, x0, 0],
+                                 atol=1e-4)
+      for key in ('mask', 'depth', 'dims', 'alpha', 'aug'):
+        np.testing.assert_array_equal(crop[key][i], full[key][i])
+  assert len(offsets) >= 4 and max(offsets) <= HW[1] - 96
+
+
 def test_same_seed_same_batch_other_seed_other_batch(kitti_set):
   d = data_cfg(kitti_set, ddd_aug=0.5)
   _, a = first_batch(d, batch=2, seed=5)
@@ -363,6 +388,8 @@ def test_unreadable_training_image_is_skipped_and_named(tmp_path):
     ('input_hw', (100, 320), 'config.data.input_hw must be () (data.input_size square) or a pair'),
     ('input_hw', (96,), 'config.data.input_hw must be'),
     ('ddd_aug', 1.5, 'config.data.ddd_aug must be a number from 0 to 1'),
+    ('ddd_crop_width', 100, 'config.data.ddd_crop_width must be 0 (the whole canvas) or a pos'),
+    ('ddd_crop_width', 416, 'no wider than the canvas (384)'),
     ('shapes_ddd_hw', (0, 384), 'config.data.shapes_ddd_hw must be a pair'),
     ('eval_mode', 'fit', 'config.data.eval_mode must be one of keep_res, fixed_res, fit_width'),
 ])

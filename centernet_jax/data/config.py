@@ -81,6 +81,9 @@ def data_config() -> ml_collections.ConfigDict:
   # ddd (KITTI sources): probability of the random scale / shift (official --aug_ddd), drawn
   # with data.scale and data.shift; no flip and no colour augmentation (docs/parity.md 4.13).
   d.ddd_aug = 0.5
+  # ddd: 0 (official) trains on the whole input_hw canvas; N > 0 on a random window N columns
+  # wide of it, at the canvas's scale (depth stays supervised; experiments/ddd.md, run G).
+  d.ddd_crop_width = 0
   # Normalisation: official weights expect BGR and the COCO statistics.
   d.channel_order = 'BGR'
   d.mean = COCO_MEAN_BGR

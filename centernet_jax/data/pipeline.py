@@ -144,7 +144,8 @@ def _train_kwargs(data_cfg) -> dict:
 
 def _ddd_kwargs(data_cfg) -> dict:
   return dict(input_hw=input_hw(data_cfg), max_objs=data_cfg.max_objs,
-              ddd_aug=float(data_cfg.ddd_aug), scale=float(data_cfg.scale),
+              ddd_aug=float(data_cfg.ddd_aug), crop_width=int(data_cfg.ddd_crop_width),
+              scale=float(data_cfg.scale),
               shift=float(data_cfg.shift), channel_order=data_cfg.channel_order,
               mean=tuple(data_cfg.mean), std=tuple(data_cfg.std))
 

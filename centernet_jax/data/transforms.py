@@ -540,7 +540,7 @@ def ddd_center_scale(seed, height, width, *, ddd_aug: float, scale: float, shift
 
 def ddd_train_transform(image, boxes, labels, depth, dims, alpha, seed, *,
                         input_hw: Sequence[int], max_objs: int, center3d=None,
-                        ddd_aug: float = 0.5,
+                        ddd_aug: float = 0.5, crop_width: int = 0,
                         scale: float = 0.4, shift: float = 0.1, channel_order: str = 'BGR',
                         mean: Sequence[float] = (0.0, 0.0, 0.0),
                         std: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
@@ -551,6 +551,12 @@ def ddd_train_transform(image, boxes, labels, depth, dims, alpha, seed, *,
   / 255, channel order, mean/std. Objects: the first ``max_objs`` of the label file in file
   order (official ``num_objs = min(len(anns), max_objs)``), every type kept with its code.
 
+  ``crop_width`` > 0 (not official; ``data.ddd_crop_width``) keeps the output to a window of that
+  many columns of the canvas, at a uniformly random horizontal offset: the image keeps the
+  canvas's scale (the one evaluation uses), so depth stays supervised, and a step costs
+  ``crop_width / w`` of the whole canvas. Rows are untouched: on a ground plane an object's row
+  is its depth cue, its column is not.
+
   Args:
     image: [H, W, 3] uint8 RGB.
     boxes: [N, 4] float32 xyxy pixels; labels: [N] int32 official codes (``kitti.CLASS_CODES``);
@@ -558,14 +564,15 @@ def ddd_train_transform(image, boxes, labels, depth, dims, alpha, seed, *,
     seed: [2] int64 stateless seed of this element.
     input_hw: (h, w) of the canvas (Python ints).
     max_objs: objects padded / truncated to this.
+    crop_width: 0 (official: the whole canvas) or the width of a random window of it.
     center3d: [N, 2] float32 pixels of the projected 3D centres, or None.
     (others: see ``data.config.data_config``.)
 
   Returns:
-    dict(image [h, w, 3] float32 normalised, boxes [max_objs, 4] float32 xyxy in input pixels
-    (unclipped), labels [max_objs] int32, mask [max_objs] float32, depth [max_objs],
-    dims [max_objs, 3], alpha [max_objs] float32, aug [] float32 (1: scaled / shifted),
-    dropped_objects [] int32 (objects visible on the canvas beyond ``max_objs``); with
+    dict(image [h, w, 3] float32 normalised (w = ``crop_width`` when set), boxes [max_objs, 4]
+    float32 xyxy in input pixels (unclipped), labels [max_objs] int32, mask [max_objs] float32,
+    depth [max_objs], dims [max_objs, 3], alpha [max_objs] float32, aug [] float32 (1: scaled /
+    shifted), dropped_objects [] int32 (objects visible on the canvas beyond ``max_objs``); with
     ``center3d``, also center3d [max_objs, 2] in input pixels (the same affine as the boxes)).
   """
   in_h, in_w = int(input_hw[0]), int(input_hw[1])
@@ -573,6 +580,15 @@ def ddd_train_transform(image, boxes, labels, depth, dims, alpha, seed, *,
   center, s, aug = ddd_center_scale(seed, shape[0], shape[1], ddd_aug=ddd_aug, scale=scale,
                                     shift=shift)
   trans = get_affine_transform(center, s, (in_w, in_h))
+  if crop_width:
+    if not 0 < int(crop_width) <= in_w:
+      raise ValueError(f'crop_width must be in [1, {in_w}] (the canvas width), got {crop_width}')
+    x0 = tf.floor(tf.random.stateless_uniform(
+        [], tf.random.experimental.stateless_fold_in(seed, 2)) * (in_w - int(crop_width) + 1))
+    one, zero = tf.ones([]), tf.zeros([])
+    shift_left = tf.stack([tf.stack([one, zero, -x0]), tf.stack([zero, one, zero])])
+    trans = compose_affine(shift_left, trans)
+    in_w = int(crop_width)
   inp = tf.round(warp_axis_aligned(image, trans, (in_h, in_w)))
   inp = normalize(to_channel_order(inp / 255.0, channel_order), mean, std)
   inp.set_shape([in_h, in_w, 3])

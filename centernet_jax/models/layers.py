@@ -193,9 +193,9 @@ def conv_general_dilated_auto(lhs, rhs, window_strides, padding, lhs_dilation=No
            and not isinstance(padding, str)
            and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN))
   if plain:
-    out = jax.eval_shape(lambda a, b: lax.conv_general_dilated(a, b, window_strides, padding,
-                                                               **args), lhs, rhs)
-    if out.shape[1] * out.shape[2] >= MATMUL_GRAD_MIN_PIXELS:
+    out_hw = [(n + lo + hi - k) // s + 1 for n, k, s, (lo, hi)
+              in zip(lhs.shape[1:3], rhs.shape[:2], window_strides, padding, strict=True)]
+    if out_hw[0] * out_hw[1] >= MATMUL_GRAD_MIN_PIXELS:
       return conv_matmul_grad(lhs, rhs, tuple(window_strides),
                               tuple(tuple(p) for p in padding))
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args)
@@ -265,10 +265,6 @@ def _conv_transpose_lax(x: jax.Array, kernel: jax.Array) -> jax.Array:
       lhs_dilation=(2, 2), dimension_numbers=_DN)
 
 
-def _valid_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=_DN)
-
-
 def valid_conv_tap_grad(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """A stride-1 'VALID' conv whose kernel gradient is one matmul per tap (:func:`conv_matmul_grad`).
 
@@ -289,9 +285,9 @@ def _conv_transpose_subpixel(x: jax.Array, kernel: jax.Array) -> jax.Array:
   q, r in [0, H] / [0, W], and out[2m + a, 2n + b] = y[m + a, n + b, (a, b)]. Every tap of the
   4x4 kernel is used exactly once (no zero taps, same FLOPs as the transposed conv).
 
-  The explicit jnp.pad + 'VALID' matters: with padding given to the conv instead, XLA:CPU falls
-  back to the same slow weight-gradient path as the dilated formulation. The kernel gradient is
-  :func:`valid_conv_tap_grad`'s 4 matmuls, not XLA's.
+  The kernel gradient is :func:`valid_conv_tap_grad`'s 4 matmuls (XLA:CPU's own was the
+  slowest op of the step); the value and the input gradient are XLA's conv of the explicitly
+  padded input.
   """
   b, h, w, cin = x.shape
   cout = kernel.shape[-1]

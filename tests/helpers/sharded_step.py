@@ -64,6 +64,34 @@ def check_stop_flags(batch, cfg):
   print('FLAGS MERGED')
 
 
+def check_matmul_grad():
+  """layers.conv_matmul_grad (the CPU kernel gradient as per-tap matmuls) on a batch sharded over
+  the 8 devices: the same value and gradients as XLA's conv on one device."""
+  from centernet_jax.models import layers  # noqa: PLC0415
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(8, 12, 12, 4)).astype(np.float32)
+  k = rng.normal(size=(3, 3, 4, 8)).astype(np.float32)
+  g = rng.normal(size=(8, 6, 6, 8)).astype(np.float32)
+  pad = ((1, 1), (1, 1))
+
+  def loss(conv):
+    return lambda x_, k_, g_: jax.numpy.sum(conv(x_, k_) * g_)
+
+  def xla(x_, k_):
+    return jax.lax.conv_general_dilated(x_, k_, (2, 2), pad,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  ref = jax.jit(jax.value_and_grad(loss(xla), argnums=(0, 1)))(x, k, g)
+  mesh = sharding.make_mesh(jax.devices())
+  dat = NamedSharding(mesh, P('data'))
+  got = jax.jit(jax.value_and_grad(loss(lambda x_, k_: layers.conv_matmul_grad(
+      x_, k_, (2, 2), pad)), argnums=(0, 1)))(*jax.device_put((x, k, g), (dat, None, dat)))
+  assert len(got[1][0].sharding.device_set) == 8, got[1][0].sharding
+  for a, c in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
+    np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-4)
+  print('MATMUL GRAD SHARDED')
+
+
 def main():
   assert jax.device_count() == 8, jax.devices()
   cfg = tasks.resolve_config(load_config('smoke'), 3)  # ctdet, 3 classes
@@ -85,6 +113,7 @@ def main():
     np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
   print('SAME')
   check_stop_flags(batch, cfg)
+  check_matmul_grad()
 
 
 if __name__ == '__main__':

@@ -9,8 +9,10 @@ Each object is the centre of its 2D box: a Gaussian peak in its class channel of
 peak pixel its depth `dep` (metres, through the output transform 1 / (sigmoid + 1e-6) - 1), its
 3D size `dim` (h, w, l in metres), its observation angle alpha as two overlapping bins `rot`
 (8 channels: [bin 1 logit pair, sin, cos, bin 2 logit pair, sin, cos]) and optionally the 2D box
-size `wh` and sub-pixel offset `reg`. The device part (targets, loss, decode) is pure jnp; the
-3D post-process (alpha, rotation_y, location from the calibration P2) runs in numpy on the host.
+size `wh` and sub-pixel offset `reg`. The device part (targets, loss, decode) is pure jnp, here;
+the 3D post-process (alpha, rotation_y, location from the calibration P2) runs in numpy on the
+host (`post.py`), and `results.py` writes the results and binds the KITTI evaluation. Their
+public names are this module's too: the task is `centernet_jax.tasks.ddd`.
 Class channels follow the official KITTI order ``CLASS_NAMES``; label codes below 0 mark
 ignored objects (``IGNORE_ALL`` DontCare, ``IGNORE_PEDESTRIAN`` Person_sitting,
 ``IGNORE_CAR`` Van and Truck) and ``SKIP`` (Tram, Misc) objects that only use a slot.
@@ -19,7 +21,6 @@ ignored objects (``IGNORE_ALL`` DontCare, ``IGNORE_PEDESTRIAN`` Person_sitting,
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -31,6 +32,24 @@ import optax
 
 from centernet_jax import decode, gaussian, losses, models, state
 from centernet_jax.data import kitti as kitti_data
+
+# The host post-process and the results: the task protocol and callers read them here.
+from centernet_jax.tasks.ddd.post import (
+  alpha_from_rot,
+  alpha_to_rotation_y,
+  boxes_2d,
+  ddd_post_process,
+  locate,
+  objects_3d,
+  unproject,
+)
+from centernet_jax.tasks.ddd.results import (
+  coco_results,
+  evaluate,
+  metrics_table,
+  results_to_kitti,
+  write_results,
+)
 
 NAME = 'ddd'
 # Detection arrays whose last axis holds (x, y) pairs in output-map coordinates. ``wh`` is a
@@ -435,147 +454,6 @@ def ddd_decode(hm_prob: jax.Array, rot: jax.Array, depth: jax.Array, dim: jax.Ar
   }
 
 
-# --- Host post-process (numpy) -------------------------------------------------------------
-
-
-def alpha_from_rot(rot: np.ndarray) -> np.ndarray:
-  """Official ``get_alpha``: alpha of the bin whose second logit is strictly larger.
-
-  Bin 1 gives atan2(sin1, cos1) - pi/2, bin 2 atan2(sin2, cos2) + pi/2; ties go to bin 2; not
-  wrapped (within (-3pi/2, 3pi/2]).
-
-  Args:
-    rot: [..., 8] decoded rot values.
-
-  Returns:
-    [...] float32 alpha.
-  """
-  rot = np.asarray(rot, np.float32)
-  alpha1 = np.arctan2(rot[..., 2], rot[..., 3]) + np.float32(-0.5 * np.pi)
-  alpha2 = np.arctan2(rot[..., 6], rot[..., 7]) + np.float32(0.5 * np.pi)
-  return np.where(rot[..., 1] > rot[..., 5], alpha1, alpha2).astype(np.float32)
-
-
-def alpha_to_rotation_y(alpha: np.ndarray, u: np.ndarray, cx: float, fx: float) -> np.ndarray:
-  """Official ``alpha2rot_y``: alpha + atan2(u - cx, fx), wrapped into [-pi, pi] once.
-
-  Args:
-    alpha: [...] observation angles; u: [...] image x of the object centre (pixels);
-    cx, fx: principal point x and focal length of P2.
-  """
-  rot_y = (np.asarray(alpha, np.float32)
-           + np.arctan2(np.asarray(u, np.float32) - np.float32(cx), np.float32(fx)))
-  rot_y = np.where(rot_y > np.pi, rot_y - 2 * np.pi, rot_y)
-  return np.where(rot_y < -np.pi, rot_y + 2 * np.pi, rot_y).astype(np.float32)
-
-
-def unproject(centers: np.ndarray, depth: np.ndarray, calib: np.ndarray) -> np.ndarray:
-  """Official ``unproject_2d_to_3d``: the 3D point at ``depth`` seen at image point ``centers``.
-
-  z = d - P[2, 3]; x = (u d - P[0, 3] - P[0, 2] z) / P[0, 0]; y = (v d - P[1, 3] - P[1, 2] z) /
-  P[1, 1] (exact for KITTI's P2, whose first three columns are upper triangular with
-  P[0, 1] = 0).
-
-  Args:
-    centers: [..., 2] (u, v) pixels; depth: [...] metres; calib: [3, 4] P2.
-
-  Returns:
-    [..., 3] float32 (x, y, z) in camera coordinates.
-  """
-  p = np.asarray(calib, np.float32)
-  c = np.asarray(centers, np.float32)
-  d = np.asarray(depth, np.float32)
-  z = d - p[2, 3]
-  x = (c[..., 0] * d - p[0, 3] - p[0, 2] * z) / p[0, 0]
-  y = (c[..., 1] * d - p[1, 3] - p[1, 2] * z) / p[1, 1]
-  return np.stack([x, y, z], axis=-1).astype(np.float32)
-
-
-def locate(centers: np.ndarray, depth: np.ndarray, dims: np.ndarray, alpha: np.ndarray,
-           calib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Official ``ddd2locrot``: bottom-centre location and rotation_y of boxes seen at ``centers``.
-
-  location = :func:`unproject` (centre, depth) with y moved down by h / 2 (the 2D centre is taken
-  as the 3D box's middle); rotation_y = :func:`alpha_to_rotation_y` (alpha, u).
-
-  Args:
-    centers: [..., 2] (u, v) pixels; depth: [...]; dims: [..., 3] (h, w, l); alpha: [...];
-    calib: [3, 4] P2.
-
-  Returns:
-    (locations [..., 3], rotation_y [...]) float32.
-  """
-  calib = np.asarray(calib, np.float32)
-  if calib.shape != (3, 4):
-    raise ValueError(f'calib must be the 3 x 4 P2, got shape {calib.shape}')
-  centers = np.asarray(centers, np.float32)
-  locations = unproject(centers, depth, calib)
-  locations[..., 1] += np.asarray(dims, np.float32)[..., 0] / 2
-  return locations, alpha_to_rotation_y(alpha, centers[..., 0], calib[0, 2], calib[0, 0])
-
-
-def objects_3d(dets: Mapping[str, np.ndarray], calib: np.ndarray, *,
-               official_2d_box: bool = False) -> dict[str, np.ndarray]:
-  """The official 3D post-process of one image's detections (``ddd_post_process_3d``).
-
-  Args:
-    dets: one image's detections in original pixels (after the pipeline maps ``POINT_KEYS``):
-      centers [K, 2], boxes [K, 4], wh [K, 2] (the size mapped like a point), scores [K],
-      classes [K], rot [K, 8], depth [K], dims [K, 3].
-    calib: [3, 4] P2 in original image pixels.
-    official_2d_box: the official box centre -+ wh / 2 with wh mapped like a point (wrong;
-      parity only) instead of ``boxes``.
-
-  Returns:
-    dict classes [K] int32, scores [K], alpha [K], boxes [K, 4] xyxy, dims [K, 3] (h, w, l),
-    locations [K, 3] (bottom centre), rotation_y [K], corners [K, 8, 3], float32 unless said.
-  """
-  dims = np.asarray(dets['dims'], np.float32)
-  alpha = alpha_from_rot(dets['rot'])
-  locations, rotation_y = locate(dets.get('centers3d', dets['centers']), dets['depth'], dims,
-                                 alpha, calib)
-  return {'classes': np.asarray(dets['classes'], np.int32),
-          'scores': np.asarray(dets['scores'], np.float32), 'alpha': alpha,
-          'boxes': _boxes_2d(dets, official_2d_box), 'dims': dims, 'locations': locations,
-          'rotation_y': rotation_y,
-          'corners': kitti_data.box3d_corners(dims, locations, rotation_y).astype(np.float32)}
-
-
-def _boxes_2d(dets: Mapping[str, np.ndarray], official: bool) -> np.ndarray:
-  """[K, 4] xyxy: ``boxes``, or the official centre -+ wh / 2 with wh mapped like a point."""
-  if not official:
-    return np.asarray(dets['boxes'], np.float32)
-  centers = np.asarray(dets['centers'], np.float32)
-  half = np.asarray(dets['wh'], np.float32) / 2
-  return np.concatenate([centers - half, centers + half], axis=-1)
-
-
-def ddd_post_process(dets: Mapping[str, np.ndarray], calibs: np.ndarray, *,
-                     official_2d_box: bool = False, first_image_calib: bool = False,
-                     peak_thresh: float = 0.2) -> list[dict[str, np.ndarray]]:
-  """The host post-process of a batch: :func:`objects_3d` per image, scores > ``peak_thresh``.
-
-  Args:
-    dets: batch detections in original pixels ([B, K, ...], see :func:`objects_3d`).
-    calibs: [B, 3, 4] each image's P2.
-    official_2d_box: see :func:`objects_3d`.
-    first_image_calib: the official (wrong for B > 1) use of the first image's P2 for all.
-    peak_thresh: official ``--peak_thresh`` (merge_outputs keeps scores strictly above it).
-
-  Returns:
-    One :func:`objects_3d` dict per image, detections above the threshold only.
-  """
-  calibs = np.asarray(calibs, np.float32)
-  out = []
-  for i in range(np.asarray(dets['scores']).shape[0]):
-    one = {k: np.asarray(v)[i] for k, v in dets.items() if k != 'valid'}
-    objs = objects_3d(one, calibs[0] if first_image_calib else calibs[i],
-                      official_2d_box=official_2d_box)
-    keep = objs['scores'] > peak_thresh
-    out.append({k: v[keep] for k, v in objs.items()})
-  return out
-
-
 # --- Binding to a config -------------------------------------------------------------------
 
 
@@ -675,157 +553,3 @@ def make_merge(config: ml_collections.ConfigDict) -> Callable[[dict], dict]:
   """
   raise ValueError(f'ddd has no multi-scale test (official): config.eval.test_scales='
                    f'{tuple(config.eval.test_scales)!r} must be (1.0,)')
-
-
-def coco_results(dets: Mapping[str, np.ndarray], image_id: int, category_ids: Sequence[int],
-                 config: ml_collections.ConfigDict) -> list[dict]:
-  """One image's 2D-stage results (official ``ddd_post_process_2d`` + ``merge_outputs``).
-
-  The 3D stage needs the image's P2, which :func:`evaluate` reads from the ground truth. Each
-  result: image_id, category_id, type (``CLASS_NAMES``), score, bbox xywh (the corrected box,
-  or with ``eval.ddd_official_2d_box`` the official one), center (u, v), alpha, depth,
-  dimensions (h, w, l), in original pixels, radians and metres; detections scoring <=
-  ``eval.peak_thresh`` are dropped.
-
-  Args:
-    dets: one image's detections in original pixels (:func:`ddd_decode` keys).
-    image_id: its image id.
-    category_ids: contiguous label -> category id.
-    config: the experiment config.
-  """
-  e = config.eval
-  scores = np.asarray(dets['scores'], np.float32)
-  boxes = _boxes_2d(dets, bool(e.ddd_official_2d_box))
-  alpha = alpha_from_rot(dets['rot'])
-  centers = dets.get('centers3d', dets['centers'])  # the 3D stage's centre (amodel_offset)
-  out = []
-  for k in np.flatnonzero(scores > e.peak_thresh):
-    label = int(dets['classes'][k])
-    x1, y1, x2, y2 = (float(v) for v in boxes[k])
-    out.append({'image_id': int(image_id), 'category_id': int(category_ids[label]),
-                'type': CLASS_NAMES[label], 'score': float(scores[k]),
-                'bbox': [x1, y1, x2 - x1, y2 - y1],
-                'center': [float(v) for v in centers[k]], 'alpha': float(alpha[k]),
-                'depth': float(dets['depth'][k]),
-                'dimensions': [float(v) for v in dets['dims'][k]]})
-  return out
-
-
-def results_to_kitti(results: Sequence[Mapping], calib: np.ndarray, *,
-                     decimals: int | None = 2) -> list[dict]:
-  """KITTI object dicts of one image's :func:`coco_results`: the 3D stage with its P2.
-
-  truncated 0.0 and occluded 0 as the official ``save_results``; ``decimals`` rounds every
-  number as the official result files do (None: no rounding).
-  """
-  if not results:
-    return []
-  bbox = np.array([r['bbox'] for r in results], np.float32)
-  dims = np.array([r['dimensions'] for r in results], np.float32)
-  alpha = np.array([r['alpha'] for r in results], np.float32)
-  locations, rotation_y = locate(np.array([r['center'] for r in results], np.float32),
-                                 np.array([r['depth'] for r in results], np.float32), dims,
-                                 alpha, calib)
-
-  def rnd(v) -> float:
-    return round(float(v), decimals) if decimals is not None else float(v)
-
-  return [{'type': r['type'], 'truncated': 0.0, 'occluded': 0, 'alpha': rnd(alpha[k]),
-           'bbox': [rnd(v) for v in (*bbox[k, :2], *(bbox[k, :2] + bbox[k, 2:]))],
-           'dimensions': [rnd(v) for v in dims[k]],
-           'location': [rnd(v) for v in locations[k]], 'rotation_y': rnd(rotation_y[k]),
-           'score': rnd(r['score'])} for k, r in enumerate(results)]
-
-
-def write_results(gt: Mapping[int, Mapping], results: Sequence[Mapping],
-                  image_ids: Sequence[int], config: ml_collections.ConfigDict,
-                  out_dir: str) -> list[str]:
-  """Writes the official KITTI result files: ``out_dir/<image id, 6 digits>.txt`` per image.
-
-  One label-format line per detection with its score (:func:`results_to_kitti`, 2 decimals),
-  an empty file for an image without detections, as the official ``save_results``.
-
-  Args:
-    gt, results, image_ids, config: as :func:`evaluate` (``gt`` gives each image's P2).
-    out_dir: created if needed.
-
-  Returns:
-    The paths written, in ``image_ids`` order.
-  """
-  per_image = _results_per_image(gt, results, image_ids)
-  decimals = 2 if config.eval.round_results else None
-  os.makedirs(out_dir, exist_ok=True)
-  paths = []
-  for i, rs in per_image.items():
-    paths.append(os.path.join(out_dir, f'{i:06d}.txt'))
-    kitti_data.write_label_file(paths[-1], results_to_kitti(rs, gt[i]['calib'],
-                                                            decimals=decimals))
-  return paths
-
-
-def _results_per_image(gt: Mapping[int, Mapping], results: Sequence[Mapping],
-                       image_ids: Sequence[int]) -> dict[int, list]:
-  """{image id: its results} for ``image_ids``; raises naming image ids without ground truth."""
-  per_image: dict[int, list] = {int(i): [] for i in image_ids}
-  for r in results:
-    if int(r['image_id']) in per_image:
-      per_image[int(r['image_id'])].append(r)
-  missing = [i for i in per_image if i not in gt]
-  if missing:
-    raise ValueError(f'no KITTI ground truth (calib, objects) for image ids {missing[:10]}'
-                     + (f' and {len(missing) - 10} more' if len(missing) > 10 else ''))
-  return per_image
-
-
-def evaluate(gt: Mapping[int, Mapping], results: Sequence[Mapping], image_ids: Sequence[int],
-             config: ml_collections.ConfigDict, log: Callable[[str], object] | None = print
-             ) -> dict[str, float]:
-  """KITTI object benchmark of ``results`` over ``image_ids`` (docs/parity.md 4.13).
-
-  Args:
-    gt: image id -> {'calib': [3, 4] P2, 'objects': KITTI object dicts (type, truncated,
-      occluded, alpha, bbox, dimensions, location, rotation_y)}.
-    results: :func:`coco_results` of every image.
-    image_ids: the images evaluated (every image of the split).
-    config: the experiment config (``eval.round_results``: 2 decimals as the official files;
-      ``eval.kitti_overlaps``: the minimum-overlap table).
-    log: prints the metrics, or None.
-
-  Returns:
-    ``evaluation.kitti.evaluate_kitti``'s metrics ({2d,aos,bev,3d}_AP_<class>_<difficulty>
-    and their ``_r11`` twins).
-
-  Raises:
-    ValueError: naming image ids without ground truth, or ``config.eval.kitti_overlaps``.
-  """
-  from centernet_jax.evaluation import kitti as kitti_eval
-
-  per_image = _results_per_image(gt, results, image_ids)
-  decimals = 2 if config.eval.round_results else None
-  dets = {i: results_to_kitti(rs, gt[i]['calib'], decimals=decimals)
-          for i, rs in per_image.items()}
-  tables = {'devkit': kitti_eval.MIN_OVERLAPS, 'centernet': kitti_eval.CENTERNET_MIN_OVERLAPS}
-  if config.eval.kitti_overlaps not in tables:
-    raise ValueError(f'config.eval.kitti_overlaps={config.eval.kitti_overlaps!r}: use one of '
-                     f'{sorted(tables)}')
-  metrics = kitti_eval.evaluate_kitti(
-      {i: list(gt[i]['objects']) for i in per_image}, dets,
-      min_overlaps=tables[config.eval.kitti_overlaps],
-      min_height_scale=float(config.eval.kitti_min_height_scale))
-  if log is not None:
-    log(metrics_table(metrics))
-  return metrics
-
-
-def metrics_table(metrics: Mapping[str, float]) -> str:
-  """The 40-point KITTI metrics as a text table: one row per metric and class, columns easy,
-  moderate, hard (-1: no ground truth counted at that difficulty)."""
-  rows = [f'{"KITTI AP|R40":<16}' + ''.join(f'{d:>9}' for d in ('easy', 'moderate', 'hard'))]
-  for metric in ('2d', 'aos', 'bev', '3d'):
-    for cls in CLASS_NAMES:
-      values = [metrics.get(f'{metric}_AP_{cls}_{d}') for d in ('easy', 'moderate', 'hard')]
-      if all(v is None for v in values):
-        continue
-      cells = ''.join(f'{v:>9.4f}' if v is not None else f'{"-":>9}' for v in values)
-      rows.append(f'{metric.upper():<4}{cls:<12}{cells}')
-  return '\n'.join(rows)
