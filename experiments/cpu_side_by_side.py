@@ -4,6 +4,9 @@ r"""Our CenterNet ResNet-18 train step next to the official PyTorch one, each on
   # turn (one step of each per round), float32, batch 8:
   python experiments/cpu_side_by_side.py compare --size 128 --size 512 --rounds 7 \
       [--out experiments/results/cpu_side_by_side.json]
+  # Another config's step beside ours (issue 15, item 2: DLA-34 against ResNet-18):
+  python experiments/cpu_side_by_side.py compare --size 128 --rounds 5 \
+      --variants jax,jax@ctdet_dla34_coco
   # Where XLA:CPU spends our step: a jax.profiler trace of it, its ops grouped by what they
   # are (convolution forward, input gradient, weight gradient; BN / elementwise; the rest):
   python experiments/cpu_side_by_side.py profile --size 128 [--top 25]
@@ -74,7 +77,10 @@ def jax_steps(size: int, batch: int, variants: list[str], upsample: str = 'subpi
   ``jax_xla_conv_grad`` (every plain conv's kernel gradient left to XLA:
   ``layers.MATMUL_GRAD_MIN_PIXELS`` out of reach), ``jax_before`` (that and the
   up-convolution's too, as before ``layers.valid_conv_tap_grad``: the step of 2026-12-02),
-  ``jax[key=value,...]`` (the shipped step compiled with these XLA options).
+  ``jax[key=value,...]`` (the shipped step compiled with these XLA options),
+  ``jax@<config>`` (the train step of another shipped config, e.g. ``jax@ctdet_dla34_coco``:
+  its model and task with our class count, float32, the same synthetic batch; issue 15's
+  DLA-34 / ResNet-18 ratio).
   """
   import benchmark
   import jax
@@ -128,6 +134,14 @@ def jax_steps(size: int, batch: int, variants: list[str], upsample: str = 'subpi
       compiled = jax.jit(patched(**patches[name]), donate_argnums=(0,)).lower(
           state, s['data']).compile()
       args = (s['data'],)
+    elif name.startswith('jax@'):
+      other = benchmark.override(
+          benchmark.load_config(os.path.join(ROOT, 'configs', name[4:] + '.py')),
+          dtype='float32', num_classes=config.model.num_classes)
+      o = benchmark.train_setup(other, batch=batch, size=size)
+      state = o['state']
+      compiled = o['step'].lower(state, o['data']).compile()
+      args = (o['data'],)
     elif name == 'jax' or name.startswith('jax['):
       opts = _parse_options(name[4:-1]) if name.startswith('jax[') else {}
       compiled = s['step'].lower(state, s['data']).compile(compiler_options=opts or None)
@@ -340,7 +354,8 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
   sub.choices['compare'].add_argument(
       '--variants', default='pytorch,jax,jax_given_targets',
       help='comma-separated: pytorch, jax, jax_given_targets, jax_xla_conv_grad, jax_before, '
-      'jax[xla_option=value;...] (options separated by ";"); the first is the ratios\' base')
+      'jax[xla_option=value;...] (options separated by ";"), jax@<shipped config name>; the '
+      'first is the ratios\' base')
   sub.choices['profile'].add_argument('--top', type=int, default=25)
   sub.choices['profile'].add_argument('--steps', type=int, default=3,
                                       help='steps timed untraced, then traced')

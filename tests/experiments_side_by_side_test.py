@@ -69,3 +69,13 @@ def test_official_torch_step_runs_and_learns(sbs):
   losses = [step() for _ in range(4)]
   assert all(math.isfinite(v) for v in losses)
   assert losses[-1] < losses[0]  # same batch, Adam: the official loss must go down
+
+
+def test_other_config_variant_trains_its_own_model(sbs):
+  """``jax@<config>``: another config's step (here the tiny smoke model) beside ours."""
+  fns = sbs.jax_steps(32, 2, ['jax@smoke'])
+  assert set(fns) == {'jax@smoke'}
+  for _ in range(2):
+    fns['jax@smoke']()
+  with pytest.raises(FileNotFoundError):
+    sbs.jax_steps(32, 2, ['jax@no_such_config'])
