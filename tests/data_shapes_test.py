@@ -98,3 +98,59 @@ def test_default_folder_names_the_parameters():
   path = pipeline.default_shapes_dir(cfg)
   assert path.endswith(os.path.join('.cache', 'centernet_jax',
                                     f'shapes_v{shapes.VERSION}_64_5_3_2'))
+
+
+# --- The second set (shapes_alt): other classes, grayscale, crowds, empty images -------------
+
+
+def test_alt_set_matches_its_spec():
+  from centernet_jax.data import shapes_alt
+
+  size, counts, classes, sides, crowds = 96, [], [], [], 0
+  for i in range(80):
+    image, objects = shapes_alt.render_image(np.random.default_rng([3, 0, i]), size)
+    assert image.shape == (size, size) and image.dtype == np.uint8  # grayscale
+    counts.append(sum(not o['iscrowd'] for o in objects))
+    for obj in objects:
+      x, y, w, h = obj['bbox']
+      assert 0 <= x and 0 <= y and x + w <= size and y + h <= size and w > 0 and h > 0
+      assert 0 < obj['area'] <= (w + 2) * (h + 2)  # coverage, anti-aliased edges included
+      classes.append(obj['category'])
+      if obj['iscrowd']:
+        crowds += 1
+      else:
+        sides.append(max(w, h) / size)
+  assert max(counts) <= shapes_alt.MAX_OBJECTS and 0 in counts
+  assert set(classes) == set(range(len(shapes_alt.CLASS_NAMES))) and crowds > 0
+  lo, hi = shapes_alt.SIZE_RANGE
+  assert lo - 0.03 <= min(sides) and max(sides) <= hi + 0.05
+
+
+def test_alt_set_ring_has_a_hole_and_crowd_box_covers_its_pixels():
+  from centernet_jax.data import shapes_alt
+
+  ring = shapes_alt.CLASS_NAMES.index('ring')
+  outer, hole = shapes_alt._shape(np.random.default_rng(0), ring, 40.0, np.array([32.0, 32.0]),
+                                  64, [])
+  alpha = shapes_alt._coverage(outer, hole, 64)
+  assert alpha[32, 32] == 0 and alpha.max() == 1  # the centre is background
+  box = shapes_alt._box(alpha)
+  assert box[2] - box[0] >= 20 and box[3] - box[1] >= 20
+
+
+def test_alt_set_reads_through_config_paths(tmp_path):
+  from centernet_jax.data import pipeline, shapes_alt
+  from centernet_jax.data.config import data_config
+
+  out = str(tmp_path / 'alt')
+  paths = shapes_alt.generate(out, num_train=12, num_val=3, image_size=48, seed=1)
+  again = shapes_alt.generate(str(tmp_path / 'again'), num_train=12, num_val=3, image_size=48,
+                              seed=1)
+  assert filecmp.cmp(paths['train_annotations'], again['train_annotations'], shallow=False)
+  cfg = data_config()
+  cfg.update(source='coco_json', input_size=32, **paths)
+  info = pipeline.get_dataset_info(cfg)
+  assert info.class_names == list(shapes_alt.CLASS_NAMES)
+  assert (info.num_train, info.num_val) == (12, 3)
+  batch = next(pipeline.create_train_iterator(cfg, info=info, global_batch_size=2, seed=0))
+  assert batch['image'].shape == (2, 32, 32, 3)  # grayscale files come out as RGB

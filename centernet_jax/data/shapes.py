@@ -159,24 +159,30 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
   return np.clip(np.round(img), 0, 255).astype(np.uint8), objects
 
 
-def _write_split(out_dir: str, split: str, num: int, size: int, seed: int) -> str:
+def write_split(out_dir: str, split: str, num: int, seed: int, render, class_names, description: str
+                ) -> str:
+  """Renders ``num`` images of one split and writes them with their COCO instances json.
+
+  ``render(rng)`` -> (pixels uint8 [H, W, 3] or [H, W], objects with 'category' (0-based),
+  'bbox' xywh, 'area' and optionally 'iscrowd'); image ``i`` uses the generator seeded by
+  (seed, split, i). Returns the annotation file's path.
+  """
   img_dir = os.path.join(out_dir, split)
   os.makedirs(img_dir, exist_ok=True)
   images, annotations = [], []
   for i in range(num):
-    rng = np.random.default_rng([seed, _SPLITS[split], i])
-    pixels, objects = render_image(rng, size)
+    pixels, objects = render(np.random.default_rng([seed, _SPLITS[split], i]))
     file_name = f'{i:06d}.jpg'
     Image.fromarray(pixels).save(os.path.join(img_dir, file_name), quality=90)
-    images.append({'id': i + 1, 'file_name': file_name, 'width': size, 'height': size})
+    images.append({'id': i + 1, 'file_name': file_name, 'width': pixels.shape[1],
+                   'height': pixels.shape[0]})
     for obj in objects:
       annotations.append({'id': len(annotations) + 1, 'image_id': i + 1,
                           'category_id': obj['category'] + 1, 'bbox': obj['bbox'],
-                          'area': obj['area'], 'iscrowd': 0})
-  data = {'info': {'description': f'centernet_jax shapes v{VERSION}, seed {seed}'},
-          'images': images, 'annotations': annotations,
+                          'area': obj['area'], 'iscrowd': int(obj.get('iscrowd', 0))})
+  data = {'info': {'description': description}, 'images': images, 'annotations': annotations,
           'categories': [{'id': k + 1, 'name': n, 'supercategory': 'shape'}
-                         for k, n in enumerate(CLASS_NAMES)]}
+                         for k, n in enumerate(class_names)]}
   ann_file = os.path.join(out_dir, 'annotations', f'instances_{split}.json')
   os.makedirs(os.path.dirname(ann_file), exist_ok=True)
   with open(ann_file, 'w') as f:
@@ -199,7 +205,8 @@ def generate(out_dir: str, num_train: int = 600, num_val: int = 100, image_size:
     dict with train_annotations, train_images, val_annotations, val_images paths.
   """
   for split, num in (('train', num_train), ('val', num_val)):
-    _write_split(out_dir, split, num, image_size, seed)
+    write_split(out_dir, split, num, seed, lambda rng: render_image(rng, image_size), CLASS_NAMES,
+                f'centernet_jax shapes v{VERSION}, seed {seed}')
   meta = {'version': VERSION, 'num_train': num_train, 'num_val': num_val,
           'image_size': image_size, 'seed': seed}
   with open(os.path.join(out_dir, 'meta.json'), 'w') as f:
