@@ -94,6 +94,8 @@ def base_config(task: str = 'ctdet') -> ml_collections.ConfigDict:
   # (FPN-style, as TF ODAPI's ResNet-FPN CenterNet). Helps small inputs, where the stride-32 map
   # is only a few pixels wide.
   c.model.neck_skips = False
+  # hourglass_tiny / cornernet_tiny only: every channel count of the tiny stack times this.
+  c.model.width = 1
 
   c.loss = ml_collections.ConfigDict()  # the task's weights and target options
 

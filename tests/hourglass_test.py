@@ -124,12 +124,37 @@ def test_tiny_output_shapes_and_stacks(arch):
     ('hourglass_tiny', dict(depth=104), "arch 'hourglass_tiny' does not take depth"),
     ('cornernet_tiny', dict(head_init='fill_fc'), "'cornernet_tiny' does not take head_init"),
     ('hourglass_tiny', dict(head_conv=0), 'hourglass heads need a hidden 3x3 conv'),
+    ('cornernet_tiny', dict(width=0), 'config.model.width must be an integer >= 1'),
+    ('hourglass_tiny', dict(width=-1), 'config.model.width must be an integer >= 1'),
+    ('cornernet', dict(width=2), "width=2: arch 'cornernet' does not take"),
     ('cornernet_tiny', dict(heads=(('hm', 3), ('wh', 2), ('reg', 2))),
      r"CornerNet needs the heads \(.*config.task='cornernet'"),
 ])
 def test_options_the_hourglass_models_cannot_honour_are_errors(arch, overrides, message):
   with pytest.raises(ValueError, match=message):
     build_model(_model_cfg(arch, 3, **overrides))
+
+
+@pytest.mark.parametrize('arch', ['hourglass_tiny', 'cornernet_tiny'])
+@pytest.mark.parametrize('width', [2, 3])
+def test_tiny_width_multiplies_every_channel_count(arch, width):
+  """config.model.width scales the stem, every level, the stack outputs and the pool branches."""
+  _, narrow = _abstract_outputs_and_variables(build_model(_model_cfg(arch, 4)), (64, 64))
+  _, wide = _abstract_outputs_and_variables(build_model(_model_cfg(arch, 4, width=width)),
+                                            (64, 64))
+  flat = lambda v: {'/'.join(str(getattr(k, 'key', k)) for k in path): x.shape
+                    for path, x in jax.tree_util.tree_flatten_with_path(v['params'])[0]}
+  narrow, wide = flat(narrow), flat(wide)
+  assert narrow.keys() == wide.keys()  # the same layers (checkpoint names unchanged)
+  scaled = 0
+  for name, shape in narrow.items():
+    if name.endswith('kernel') and len(shape) == 4:
+      (cin, cout), (wcin, wcout) = shape[2:], wide[name][2:]
+      assert wcin in (cin, cin * width) and wcout in (cout, cout * width), name
+      scaled += wcout == cout * width  # heads keep head_conv and the task's channels
+  assert scaled > 20
+  assert hourglass.tiny_spec(width).dims == tuple(d * width for d in
+                                                  hourglass.HOURGLASS_TINY.dims)
 
 
 def test_backbone_alone_returns_each_stacks_features():

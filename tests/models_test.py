@@ -465,7 +465,8 @@ def test_options_are_the_builders_keywords_and_config_keys():
                                       'head_init', 'neck_skips')
   assert models.options('dla') == ('depth', 'head_conv', 'deconv_init', 'head_init')
   assert models.options('hourglass') == ('depth', 'head_conv')
-  assert models.options('cornernet_tiny') == ('head_conv',)
+  assert models.options('cornernet_tiny') == models.options('hourglass_tiny') == ('head_conv',
+                                                                              'width')
 
 
 def _output_cases():

@@ -17,15 +17,15 @@ import jax.numpy as jnp
 
 from centernet_jax.models.heads import OFFICIAL_HEADS, official_heads
 from centernet_jax.models.hourglass import (
-    HOURGLASS_104,
-    HOURGLASS_TINY,
-    TORCH_BODY,
-    HourglassSpec,
-    check_head_conv,
-    head_stacks,
-    hourglass_features,
-    hourglass_spec,
-    read_torch_heads,
+  HOURGLASS_104,
+  TORCH_BODY,
+  HourglassSpec,
+  check_head_conv,
+  head_stacks,
+  hourglass_features,
+  hourglass_spec,
+  read_torch_heads,
+  tiny_spec,
 )
 from centernet_jax.models.layers import Dtype
 from centernet_jax.models.torch_names import TorchCheckpoint, TorchNames
@@ -85,12 +85,14 @@ def build_hourglass(
 
 def build_hourglass_tiny(
     *, heads: Sequence[tuple[str, int]], dtype: Dtype = jnp.float32, head_conv: int = 16,
+    width: int = 1,
 ) -> CenterNetHourglass:
   """CenterNet on HOURGLASS_TINY (arch 'hourglass_tiny'), for tests and CPU runs.
 
-  head_conv as :func:`build_hourglass` (16, the tiny stack width, mirrors the official choice).
+  head_conv as :func:`build_hourglass` (16, the tiny stack width, mirrors the official choice);
+  ``width`` multiplies every channel count of the stack.
   """
-  return CenterNetHourglass(tuple(heads), HOURGLASS_TINY, check_head_conv(head_conv), dtype)
+  return CenterNetHourglass(tuple(heads), tiny_spec(width), check_head_conv(head_conv), dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,17 +41,17 @@ import jax
 import jax.numpy as jnp
 
 from centernet_jax.models.hourglass import (
-    HOURGLASS_104,
-    HOURGLASS_TINY,
-    TORCH_BODY,
-    Convolution,
-    HourglassSpec,
-    PerStack,
-    check_head_conv,
-    head_stacks,
-    hourglass_features,
-    hourglass_spec,
-    torch_conv,
+  HOURGLASS_104,
+  TORCH_BODY,
+  Convolution,
+  HourglassSpec,
+  PerStack,
+  check_head_conv,
+  head_stacks,
+  hourglass_features,
+  hourglass_spec,
+  tiny_spec,
+  torch_conv,
 )
 from centernet_jax.models.hourglass import read_torch_heads as hourglass_read_torch_heads
 from centernet_jax.models.layers import Dtype, batch_norm
@@ -179,10 +179,14 @@ def build_cornernet(
 
 def build_cornernet_tiny(
     *, heads: Sequence[tuple[str, int]], dtype: Dtype = jnp.float32, head_conv: int = 16,
+    width: int = 1,
 ) -> CornerNet:
-  """CornerNet on HOURGLASS_TINY with 8-channel pool branches (arch 'cornernet_tiny')."""
-  return CornerNet(check_corner_heads(heads), HOURGLASS_TINY, check_head_conv(head_conv), 8,
-                   dtype=dtype)
+  """CornerNet on HOURGLASS_TINY with 8-channel pool branches (arch 'cornernet_tiny').
+
+  ``width`` multiplies every channel count of the stack and of the pool branches.
+  """
+  return CornerNet(check_corner_heads(heads), tiny_spec(width), check_head_conv(head_conv),
+                   8 * width, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -97,6 +97,15 @@ HOURGLASS_TINY = HourglassSpec(n=3, dims=(16, 16, 24, 32), modules=(1, 1, 1, 1),
                                pre_dim=8, cnv_dim=16)
 
 
+def tiny_spec(width: int = 1) -> HourglassSpec:
+  """HOURGLASS_TINY with every channel count times ``width`` (``config.model.width``)."""
+  if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+    raise ValueError(f'config.model.width must be an integer >= 1, got {width!r}')
+  t = HOURGLASS_TINY
+  return dataclasses.replace(t, dims=tuple(d * width for d in t.dims), pre_dim=t.pre_dim * width,
+                             cnv_dim=t.cnv_dim * width)
+
+
 def torch_conv(features: int, kernel_size: int, fan_in_channels: int, *, stride: int = 1,
                use_bias: bool = False, dtype: Dtype = jnp.float32,
                bias_init: Callable | None = None, name: str | None = None) -> nn.Conv:
