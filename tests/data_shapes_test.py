@@ -1,6 +1,7 @@
 """Tests of the built-in shapes data set: the generator and its COCO-json source."""
 
 import filecmp
+import json
 import os
 
 import numpy as np
@@ -154,3 +155,14 @@ def test_alt_set_reads_through_config_paths(tmp_path):
   assert (info.num_train, info.num_val) == (12, 3)
   batch = next(pipeline.create_train_iterator(cfg, info=info, global_batch_size=2, seed=0))
   assert batch['image'].shape == (2, 32, 32, 3)  # grayscale files come out as RGB
+
+
+def test_alt_set_command_line(tmp_path, capsys):
+  from centernet_jax.data import shapes_alt
+
+  shapes_alt.main(['--out', str(tmp_path), '--num_train', '2', '--num_val', '1',
+                   '--image_size', '40', '--seed', '3'])
+  assert json.loads(capsys.readouterr().out) == shapes.paths(str(tmp_path))
+  with open(tmp_path / 'meta.json') as f:
+    assert json.load(f) == {'version': shapes_alt.VERSION, 'num_train': 2, 'num_val': 1,
+                            'image_size': 40, 'seed': 3}

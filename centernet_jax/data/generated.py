@@ -7,10 +7,11 @@ once, even with several processes racing, and refuses a folder made with other p
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -56,3 +57,20 @@ def ensure(out_dir: str, meta: Mapping[str, Any], generate: Callable[[str], Any]
     raise ValueError(f'{out_dir} holds {found or f"no {what} data set"}, not a {what} data set '
                      f'made with {dict(meta)}; delete it or set config.data.shapes_dir to another '
                      'folder')
+
+
+def command_line(doc: str, generate: Callable[..., Mapping[str, str]],
+                 argv: Sequence[str] | None) -> None:
+  """``python -m`` of a square-image set: parses --out, sizes and seed, generates, prints paths.
+
+  ``generate(out, num_train, num_val, image_size, seed)`` as the shapes modules define it.
+  """
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser.add_argument('--out', required=True, help='output folder')
+  parser.add_argument('--num_train', type=int, default=600)
+  parser.add_argument('--num_val', type=int, default=100)
+  parser.add_argument('--image_size', type=int, default=128)
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args(argv)
+  print(json.dumps(generate(args.out, args.num_train, args.num_val, args.image_size, args.seed),
+                   indent=2))

@@ -26,13 +26,12 @@ Pure function of its parameters, like ``shapes`` (image i comes from the generat
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import numpy as np
 
-from centernet_jax.data import shapes
+from centernet_jax.data import generated, shapes
 
 CLASS_NAMES = ('star', 'hexagon', 'ring', 'arrow', 'ell')
 VERSION = 1
@@ -166,15 +165,7 @@ def generate(out_dir: str, num_train: int = 600, num_val: int = 100, image_size:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--out', required=True, help='output folder')
-  parser.add_argument('--num_train', type=int, default=600)
-  parser.add_argument('--num_val', type=int, default=100)
-  parser.add_argument('--image_size', type=int, default=128)
-  parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
-  out = generate(args.out, args.num_train, args.num_val, args.image_size, args.seed)
-  print(json.dumps(out, indent=2))
+  generated.command_line(__doc__, generate, argv)
 
 
 if __name__ == '__main__':

@@ -27,7 +27,6 @@ height (the head and feet) and clipped to the image; 'area' = the bbox area; 'is
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -279,15 +278,7 @@ def ensure(out_dir: str, num_train: int, num_val: int, image_size: int, seed: in
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--out', required=True, help='output folder')
-  parser.add_argument('--num_train', type=int, default=600)
-  parser.add_argument('--num_val', type=int, default=100)
-  parser.add_argument('--image_size', type=int, default=128)
-  parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
-  out = generate(args.out, args.num_train, args.num_val, args.image_size, args.seed)
-  print(json.dumps(out, indent=2))
+  generated.command_line(__doc__, generate, argv)
 
 
 if __name__ == '__main__':
