@@ -17,15 +17,15 @@ import jax.numpy as jnp
 
 from centernet_jax.models.heads import OFFICIAL_HEADS, official_heads
 from centernet_jax.models.hourglass import (
-  HOURGLASS_104,
-  TORCH_BODY,
-  HourglassSpec,
-  check_head_conv,
-  head_stacks,
-  hourglass_features,
-  hourglass_spec,
-  read_torch_heads,
-  tiny_spec,
+    HOURGLASS_104,
+    TORCH_BODY,
+    HourglassSpec,
+    check_head_conv,
+    head_stacks,
+    hourglass_features,
+    hourglass_spec,
+    read_torch_heads,
+    tiny_spec,
 )
 from centernet_jax.models.layers import Dtype
 from centernet_jax.models.torch_names import TorchCheckpoint, TorchNames

@@ -41,17 +41,17 @@ import jax
 import jax.numpy as jnp
 
 from centernet_jax.models.hourglass import (
-  HOURGLASS_104,
-  TORCH_BODY,
-  Convolution,
-  HourglassSpec,
-  PerStack,
-  check_head_conv,
-  head_stacks,
-  hourglass_features,
-  hourglass_spec,
-  tiny_spec,
-  torch_conv,
+    HOURGLASS_104,
+    TORCH_BODY,
+    Convolution,
+    HourglassSpec,
+    PerStack,
+    check_head_conv,
+    head_stacks,
+    hourglass_features,
+    hourglass_spec,
+    tiny_spec,
+    torch_conv,
 )
 from centernet_jax.models.hourglass import read_torch_heads as hourglass_read_torch_heads
 from centernet_jax.models.layers import Dtype, batch_norm
